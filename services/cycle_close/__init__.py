@@ -1,0 +1,1 @@
+"""Cycle close: exactly one correct invoice per account and cycle, from a batch trigger."""

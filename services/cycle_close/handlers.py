@@ -1,0 +1,131 @@
+"""Cycle close's handlers: the trigger asks for seals; when both seals are in, one invoice is issued."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time
+
+from contracts import messages as m
+from contracts.topics import BILLING_CYCLES, BILLING_INVOICES, BILLING_CHARGES
+from services.cycle_close import domain
+from services.cycle_close.storage import CloseStore
+from shared.cycles import Cycle, cycle_containing, cycles_ending_by, next_cycle
+from shared.runtime import HandlerRegistry, Unit
+
+registry = HandlerRegistry()
+INVOICE_NAMESPACE = uuid.UUID("3b0e1c52-6a43-4c1e-9a57-1f1a8d0c5e11")
+
+
+def invoice_id_for(account_id: str, cycle: Cycle) -> uuid.UUID:
+    """The same account and cycle always give the same invoice id."""
+    return uuid.uuid5(INVOICE_NAMESPACE, f"{account_id}:{cycle.start.isoformat()}")
+
+
+@registry.on(m.AccountOpened)
+async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
+    await unit.lock_account(event.account_id)
+    first = cycle_containing(event.billing_day, event.business_date)
+    await CloseStore(unit.session).open_account(event.account_id, event.billing_day, first)
+    for parked in await unit.release_parked(event.account_id):
+        if isinstance(parked, m.DevicePurchased):
+            await device_purchased(unit, parked)
+
+
+@registry.on(m.DevicePurchased)
+async def device_purchased(unit: Unit, event: m.DevicePurchased) -> None:
+    store = CloseStore(unit.session)
+    if not await store.account_exists(event.account_id):
+        await unit.lock_account(event.account_id)  # it may be opening right now: wait, then look again
+        if not await store.account_exists(event.account_id):
+            await unit.park(BILLING_CHARGES.name, event)
+            return
+    order = domain.DeviceOrder(
+        event.order_id, event.sku, event.description, event.quantity, event.unit_price, event.business_date
+    )
+    await store.record_device_order(event.account_id, order)  # once per order id, however often reported
+
+
+@registry.on(m.CloseBillingCycles)
+async def close_cycles(unit: Unit, command: m.CloseBillingCycles) -> None:
+    """Ask every account with a cycle ending by ``as_of`` to seal it, oldest cycle first."""
+    domain.authorize_close(command.actor.role)
+    store = CloseStore(unit.session)
+    due = await store.accounts_due(command.as_of, command.account_ids)
+    requests: list[tuple[str, Cycle]] = []
+    advanced: list[tuple[str, Cycle]] = []
+    for account in due:
+        cycles = cycles_ending_by(account.billing_day, account.next_close, command.as_of)
+        requests += [(account.account_id, cycle) for cycle in cycles]
+        advanced.append((account.account_id, next_cycle(account.billing_day, cycles[-1])))
+    new = await store.request_closes(requests, command.message_id)
+    await store.advance_accounts(advanced)
+    for account_id, cycle in requests:
+        if (account_id, cycle.start) not in new:
+            continue
+        unit.emit(
+            BILLING_CYCLES.name,
+            m.BillingCycleClosing(
+                message_id=uuid.uuid5(command.message_id, f"{account_id}:{cycle.start}"),
+                account_id=account_id,
+                occurred_at=datetime.combine(cycle.end, time(0), UTC),
+                causation_id=command.message_id,
+                cycle_start=cycle.start,
+                cycle_end=cycle.end,
+            ),
+        )
+
+
+@registry.on(m.LicenseCycleSealed)
+async def licenses_sealed(unit: Unit, report: m.LicenseCycleSealed) -> None:
+    await _report_in(unit, report, "license_report")
+
+
+@registry.on(m.UsageCycleSealed)
+async def usage_sealed(unit: Unit, report: m.UsageCycleSealed) -> None:
+    await _report_in(unit, report, "usage_report")
+
+
+async def _report_in(unit: Unit, report: m.LicenseCycleSealed | m.UsageCycleSealed, column: str) -> None:
+    store = CloseStore(unit.session)
+    row = await store.store_report(report.account_id, report.cycle_start, column, report.model_dump_json().encode())
+    if row is None:
+        raise ValueError(f"a seal for a cycle nobody asked to close: {report.account_id} {report.cycle_start}")
+    if row.invoice_id is not None or row.license_report is None or row.usage_report is None:
+        return  # already invoiced, or still waiting for the other seal
+    cycle = Cycle(row.cycle_start, row.cycle_end)
+    licenses = m.LicenseCycleSealed.model_validate_json(row.license_report)
+    usage = m.UsageCycleSealed.model_validate_json(row.usage_report)
+    devices = await store.take_device_orders(report.account_id, cycle)
+    lines = domain.invoice_lines(cycle, licenses, usage, devices)
+    invoice_id = invoice_id_for(report.account_id, cycle)
+    closed_at = datetime.combine(cycle.end, time(0), UTC)
+    invoice = m.InvoiceIssued(
+        message_id=uuid.uuid5(invoice_id, "InvoiceIssued"),
+        account_id=report.account_id,
+        occurred_at=closed_at,
+        causation_id=report.message_id,
+        invoice_id=invoice_id,
+        cycle_start=cycle.start,
+        cycle_end=cycle.end,
+        issued_on=cycle.end,
+        due_on=cycle.end,
+        lines=lines,
+        total=domain.total(lines),
+    )
+    if not await store.save_invoice(report.account_id, invoice):
+        return
+    following = next_cycle(row.billing_day, cycle)
+    unit.emit(BILLING_INVOICES.name, invoice)
+    unit.emit(
+        BILLING_CYCLES.name,
+        m.BillingCycleClosed(
+            message_id=uuid.uuid5(invoice_id, "BillingCycleClosed"),
+            account_id=report.account_id,
+            occurred_at=closed_at,
+            causation_id=report.message_id,
+            cycle_start=cycle.start,
+            cycle_end=cycle.end,
+            next_cycle_start=following.start,
+            next_cycle_end=following.end,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""License orders: buy (prorated), preview, scheduled removal, restore and seat enforcement."""

@@ -1,0 +1,29 @@
+"""License orders' composition root: settings, handlers, topics and migrations wired into one worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contracts.topics import BILLING_CYCLES, LICENSING_COMMANDS, LICENSING_EVENTS, PLATFORM_ACCOUNTS
+from services.license_orders.handlers import registry
+from services.license_orders.settings import Settings
+from shared.runtime.worker import Subscription, Worker, build_worker
+
+SERVICE = "license-orders"
+
+
+def create_worker(settings: Settings | None = None) -> Worker:
+    return build_worker(
+        SERVICE,
+        settings or Settings(),
+        registry,
+        subscriptions=[Subscription((PLATFORM_ACCOUNTS.name, LICENSING_COMMANDS.name, BILLING_CYCLES.name))],
+        publishes=[LICENSING_EVENTS.name, f"{LICENSING_COMMANDS.name}.dlq"],
+        migrations_dir=Path(__file__).parent / "migrations",
+        description="Sells licenses and add-ons with proration, schedules removals, enforces seats.",
+    )
+
+
+def create_app():  # type: ignore[no-untyped-def]
+    """For ``faststream run`` / ``faststream docs gen services.license_orders.app:create_app --factory``."""
+    return create_worker().app

@@ -1,0 +1,224 @@
+"""License orders' handlers: ``handler(unit, message)``; parse -> domain rule -> store -> emit."""
+
+from __future__ import annotations
+
+from contracts import messages as m
+from contracts.topics import LICENSING_EVENTS
+from services.license_orders import domain
+from services.license_orders.storage import Account, LicenseStore
+from shared.cycles import Cycle, cycle_containing, next_cycle
+from shared.rejections import Rejected
+from shared.runtime import HandlerRegistry, Unit
+
+registry = HandlerRegistry()
+EVENTS = LICENSING_EVENTS.name
+
+
+def _balance(balance: domain.Balance) -> m.Balance:
+    return m.Balance(
+        purchased=balance.purchased,
+        assigned=balance.assigned,
+        scheduled_for_removal=balance.scheduled_for_removal,
+        available=balance.available,
+    )
+
+
+async def _account(store: LicenseStore, command: m.Command) -> Account:
+    domain.authorize(command.type, command.actor.role)
+    account = await store.account(command.account_id)
+    if account is None:
+        raise Rejected("unknown_account", f"account {command.account_id} is not open")
+    return account
+
+
+@registry.on(m.AccountOpened)
+async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
+    first = cycle_containing(event.billing_day, event.business_date)
+    await LicenseStore(unit.session).open_account(event.account_id, event.billing_day, first)
+
+
+async def _quote(
+    store: LicenseStore, account: Account, command: m.PreviewLicensePurchase | m.PurchaseLicenses
+) -> tuple[domain.Balance, domain.PurchaseQuote]:
+    price = await store.unit_price(account.account_id, command.product)
+    if price is None:
+        raise Rejected("unknown_product", f"{command.product} has no price in the catalog")
+    balance = await store.balance(account.account_id, command.product)
+    quote = domain.quote_purchase(
+        balance, command.quantity, price, command.business_date, account.billing_day, account.open_cycle
+    )
+    return balance, quote
+
+
+@registry.on(m.PreviewLicensePurchase)
+async def preview_purchase(unit: Unit, command: m.PreviewLicensePurchase) -> None:
+    store = LicenseStore(unit.session)
+    _, quote = await _quote(store, await _account(store, command), command)
+    unit.emit(
+        EVENTS,
+        m.LicensePurchasePreview.caused_by(
+            command,
+            product=command.product,
+            quantity=command.quantity,
+            quantity_restored=quote.quantity_restored,
+            quantity_added=quote.quantity_added,
+            unit_price=quote.unit_price,
+            prorated_amount=quote.prorated_amount,
+            recurring_amount_per_cycle=quote.recurring_amount_per_cycle,
+            cycle_start=quote.cycle.start,
+            cycle_end=quote.cycle.end,
+        ),
+    )
+
+
+@registry.on(m.PurchaseLicenses)
+async def purchase(unit: Unit, command: m.PurchaseLicenses) -> None:
+    store = LicenseStore(unit.session)
+    account = await _account(store, command)
+    balance, quote = await _quote(store, account, command)
+    after = domain.apply_purchase(balance, quote)
+    if quote.quantity_restored:
+        await store.restore(account.account_id, command.product, quote.quantity_restored)
+    await store.record_purchase(account.account_id, command.product, command.business_date, quote, command.message_id)
+    await store.save_balance(account.account_id, command.product, after)
+    unit.emit(
+        EVENTS,
+        m.LicensesPurchased.caused_by(
+            command,
+            product=command.product,
+            quantity_restored=quote.quantity_restored,
+            quantity_added=quote.quantity_added,
+            unit_price=quote.unit_price,
+            prorated_amount=quote.prorated_amount,
+            cycle_start=quote.cycle.start,
+            cycle_end=quote.cycle.end,
+            balance=_balance(after),
+        ),
+    )
+
+
+@registry.on(m.RemoveLicenses)
+async def remove(unit: Unit, command: m.RemoveLicenses) -> None:
+    store = LicenseStore(unit.session)
+    account = await _account(store, command)
+    balance = await store.balance(account.account_id, command.product)
+    after, effective_on = domain.schedule_removal(
+        balance, command.product, command.quantity, command.business_date, account.billing_day, account.open_cycle
+    )
+    await store.schedule_removal(account.account_id, command.product, command.quantity, effective_on)
+    await store.save_balance(account.account_id, command.product, after)
+    unit.emit(
+        EVENTS,
+        m.LicenseRemovalScheduled.caused_by(
+            command,
+            product=command.product,
+            quantity=command.quantity,
+            effective_on=effective_on,
+            balance=_balance(after),
+        ),
+    )
+
+
+@registry.on(m.AssignLicense)
+async def assign(unit: Unit, command: m.AssignLicense) -> None:
+    store = LicenseStore(unit.session)
+    account = await _account(store, command)
+    balance = await store.balance(account.account_id, command.product)
+    held = await store.is_assigned(account.account_id, command.product, command.assignee_id)
+    after = domain.assign(balance, command.product, held)
+    await store.add_assignment(account.account_id, command.product, command.assignee_id)
+    await store.save_balance(account.account_id, command.product, after)
+    unit.emit(
+        EVENTS,
+        m.LicenseAssigned.caused_by(
+            command, product=command.product, assignee_id=command.assignee_id, balance=_balance(after)
+        ),
+    )
+
+
+@registry.on(m.UnassignLicense)
+async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
+    store = LicenseStore(unit.session)
+    account = await _account(store, command)
+    balance = await store.balance(account.account_id, command.product)
+    held = await store.is_assigned(account.account_id, command.product, command.assignee_id)
+    after = domain.unassign(balance, command.product, held)
+    await store.remove_assignment(account.account_id, command.product, command.assignee_id)
+    await store.save_balance(account.account_id, command.product, after)
+    unit.emit(
+        EVENTS,
+        m.LicenseUnassigned.caused_by(
+            command, product=command.product, assignee_id=command.assignee_id, balance=_balance(after)
+        ),
+    )
+
+
+@registry.on(m.BillingCycleClosing)
+async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
+    """Answer cycle close with the cycle's license charges, and apply its removals (exactly once)."""
+    store = LicenseStore(unit.session)
+    account = await store.account(request.account_id, lock=True)
+    if account is None:
+        raise ValueError(f"cycle close for unknown account {request.account_id}")
+    already = await store.sealed_event(request.account_id, request.cycle_start)
+    if already is not None:  # asked again: answer the same
+        unit.outbox.append(
+            (m.LicenseCycleSealed.model_validate_json(already).message_id, EVENTS, request.account_id, already)
+        )
+        return
+    cycle = Cycle(request.cycle_start, request.cycle_end)
+    if cycle != account.open_cycle:
+        raise ValueError(f"asked to seal {cycle} but the open cycle is {account.open_cycle}")
+    following = next_cycle(account.billing_day, cycle)
+
+    removing = await store.removals_due(account.account_id, cycle.end)
+    bought_later = await store.added_on_or_after(account.account_id, cycle.end)
+    recurring: list[m.RecurringCharge] = []
+    for product, balance in (await store.all_balances(account.account_id)).items():
+        after, kept = domain.seal(balance, removing.get(product, 0), bought_later.get(product, 0))
+        if removing.get(product):
+            await store.save_balance(account.account_id, product, after)
+            unit.emit(
+                EVENTS,
+                m.LicensesRemoved.caused_by(
+                    request,
+                    product,
+                    product=product,
+                    quantity=removing[product],
+                    effective_on=cycle.end,
+                    balance=_balance(after),
+                ),
+            )
+        if kept > 0:
+            price = await store.unit_price(account.account_id, product)
+            assert price is not None
+            recurring.append(
+                m.RecurringCharge(
+                    product=product,
+                    quantity=kept,
+                    unit_price=price,
+                    amount=price * kept,
+                    period_start=following.start,
+                    period_end=following.end,
+                )
+            )
+    await store.mark_removals_applied(account.account_id, cycle.end)
+    prorations = [
+        m.ProrationCharge(
+            purchase_id=row.purchase_id,
+            product=row.product,
+            quantity=row.quantity,
+            unit_price=row.unit_price,
+            amount=row.amount,
+            period_start=row.period_start,
+            period_end=row.period_end,
+            late=row.late,
+        )
+        for row in await store.seal_prorations(account.account_id, cycle)
+    ]
+    sealed = m.LicenseCycleSealed.caused_by(
+        request, cycle_start=cycle.start, cycle_end=cycle.end, recurring=recurring, prorations=prorations
+    )
+    await store.record_seal(account.account_id, cycle.start, sealed.model_dump_json().encode())
+    await store.move_open_cycle(account.account_id, following)
+    unit.emit(EVENTS, sealed)

@@ -1,0 +1,12 @@
+"""License orders' settings: the shared ones plus its own database."""
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    database_name: str = "license_orders"
+    batch_max_records: int = 500

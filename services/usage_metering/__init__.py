@@ -1,0 +1,1 @@
+"""Usage metering: calling credits against the monthly cap, threshold alerts, blocking, cap changes."""

@@ -1,0 +1,39 @@
+"""Usage metering's composition root: calls in big batches on one consumer, commands on another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contracts.topics import (
+    BILLING_CYCLES,
+    METERING_ALERTS,
+    METERING_COMMANDS,
+    METERING_USAGE,
+    PLATFORM_ACCOUNTS,
+    USAGE_CALLS,
+)
+from services.usage_metering.handlers import registry
+from services.usage_metering.settings import Settings
+from shared.runtime.worker import Subscription, Worker, build_worker
+
+SERVICE = "usage-metering"
+
+
+def create_worker(settings: Settings | None = None) -> Worker:
+    settings = settings or Settings()
+    return build_worker(
+        SERVICE,
+        settings,
+        registry,
+        subscriptions=[
+            Subscription((USAGE_CALLS.name,), max_records=settings.batch_max_records),
+            Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=500),
+        ],
+        publishes=[METERING_ALERTS.name, METERING_USAGE.name, f"{USAGE_CALLS.name}.dlq"],
+        migrations_dir=Path(__file__).parent / "migrations",
+        description="Accrues calling credits against each account's monthly cap; alerts and blocks.",
+    )
+
+
+def create_app():  # type: ignore[no-untyped-def]
+    return create_worker().app

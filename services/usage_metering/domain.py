@@ -1,0 +1,105 @@
+"""Calling-credit rules as pure functions (no I/O): accrual up to the cap, alerts, blocking, cap changes.
+
+Rules: ``shared/spec/domain.md`` (Calling credits). Decisions added here (``docs/usage-metering.md``):
+- accrual is kept exact (up to 6 decimal places); the invoice rounds half-up to the cent;
+- lowering the cap below what is already accrued does not un-bill calls made under the old
+  cap: the accrual stays, calling is blocked at once and the crossed thresholds alert;
+- a call for a cycle already sealed is "late": it still accrues against that cycle's cap,
+  raises no alert and no block (that cycle is over), and is billed on the next invoice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from shared.rejections import Rejected
+
+DEFAULT_CAP = Decimal("250.00")
+THRESHOLDS = (50, 80, 100)
+CAP_ROLES = frozenset({"support", "sales"})
+ZERO = Decimal("0")
+
+
+@dataclass(frozen=True)
+class Meter:
+    """One account's calling credits in one billing cycle."""
+
+    cap: Decimal
+    billable: Decimal = ZERO
+    over_cap: Decimal = ZERO
+    alerted: frozenset[int] = frozenset()
+    blocked: bool = False
+    late_unbilled: Decimal = ZERO
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # "threshold", "blocked", "unblocked"
+    billable: Decimal
+    cap: Decimal
+    threshold_percent: int | None = None
+    reason: str | None = None
+
+
+def _reached(billable: Decimal, cap: Decimal, percent: int) -> bool:
+    return billable * 100 >= cap * percent
+
+
+def _new_alerts(meter: Meter) -> tuple[Meter, list[Alert]]:
+    alerts = []
+    alerted = set(meter.alerted)
+    for percent in THRESHOLDS:
+        if percent not in alerted and _reached(meter.billable, meter.cap, percent):
+            alerted.add(percent)
+            alerts.append(Alert("threshold", meter.billable, meter.cap, threshold_percent=percent))
+    blocked = meter.blocked
+    if not blocked and meter.billable >= meter.cap:
+        blocked = True
+        alerts.append(Alert("blocked", meter.billable, meter.cap))
+    return replace(meter, alerted=frozenset(alerted), blocked=blocked), alerts
+
+
+def accrue(meter: Meter, cost: Decimal) -> tuple[Meter, list[Alert]]:
+    """Add one call: the part beyond the cap is over-cap and not billed; alerts fire once each."""
+    room = max(ZERO, meter.cap - meter.billable)
+    billed = min(cost, room)
+    meter = replace(meter, billable=meter.billable + billed, over_cap=meter.over_cap + (cost - billed))
+    return _new_alerts(meter)
+
+
+def accrue_late(meter: Meter, cost: Decimal) -> Meter:
+    """A call for a sealed cycle: still within that cycle's cap, billed on the next invoice."""
+    billed = min(cost, max(ZERO, meter.cap - meter.billable))
+    return replace(
+        meter,
+        billable=meter.billable + billed,
+        over_cap=meter.over_cap + (cost - billed),
+        late_unbilled=meter.late_unbilled + billed,
+    )
+
+
+def authorize_cap_change(role: str) -> None:
+    if role not in CAP_ROLES:
+        raise Rejected("not_authorized", f"only support or sales may change the calling-credit cap, not {role}")
+
+
+def change_cap(meter: Meter, new_cap: Decimal) -> tuple[Meter, list[Alert]]:
+    """Apply a new cap to the current cycle at once; thresholds that lie ahead again re-arm."""
+    if new_cap < 0:
+        raise Rejected("invalid_cap", f"a cap cannot be negative, got {new_cap}")
+    rearmed = frozenset(p for p in meter.alerted if _reached(meter.billable, new_cap, p))
+    changed = replace(meter, cap=new_cap, alerted=rearmed)
+    alerts: list[Alert] = []
+    if meter.blocked and meter.billable < new_cap:
+        changed = replace(changed, blocked=False)
+        alerts.append(Alert("unblocked", meter.billable, new_cap, reason="cap_raised"))
+    changed, crossed = _new_alerts(changed)
+    return changed, alerts + crossed
+
+
+def start_cycle(previous: Meter | None, current: Meter) -> tuple[Meter, list[Alert]]:
+    """A new cycle begins: calling is unblocked unless the new cycle is itself already at its cap."""
+    if previous is not None and previous.blocked and not current.blocked:
+        return current, [Alert("unblocked", current.billable, current.cap, reason="new_cycle")]
+    return current, []

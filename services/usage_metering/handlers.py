@@ -1,0 +1,158 @@
+"""Usage metering's handlers. Calls are handled a batch at a time: dedupe, fold per account, one upsert."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+from contracts import messages as m
+from contracts.envelope import Envelope
+from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
+from services.usage_metering import domain
+from services.usage_metering.storage import Account, MeterStore
+from shared.cycles import Cycle, cycle_containing, next_cycle
+from shared.rejections import Rejected
+from shared.runtime import HandlerRegistry, Unit
+
+registry = HandlerRegistry()
+ALERTS = METERING_ALERTS.name
+
+
+def _alert_event(cause: Envelope, cycle: Cycle, alert: domain.Alert, part: str) -> m.Event:
+    common = {"accrued": alert.billable, "cap": alert.cap, "cycle_start": cycle.start}
+    if alert.kind == "threshold":
+        assert alert.threshold_percent in (50, 80, 100)
+        return m.CallingCreditThresholdReached.caused_by(
+            cause, part, threshold_percent=alert.threshold_percent, **common
+        )
+    if alert.kind == "blocked":
+        return m.CallingBlocked.caused_by(cause, part, **common)
+    assert alert.reason in ("cap_raised", "new_cycle")
+    return m.CallingUnblocked.caused_by(cause, part, reason=alert.reason, **common)
+
+
+def _emit_alerts(unit: Unit, cause: Envelope, cycle: Cycle, alerts: list[domain.Alert]) -> None:
+    for alert in alerts:
+        part = f"{cycle.start}:{alert.kind}:{alert.threshold_percent or alert.reason or ''}"
+        unit.emit(ALERTS, _alert_event(cause, cycle, alert, part))
+
+
+def _current_cycle(account: Account, day: date) -> Cycle:
+    return max(cycle_containing(account.billing_day, day), account.open_cycle)
+
+
+@registry.on(m.AccountOpened)
+async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
+    store = MeterStore(unit.session)
+    await unit.lock_account(event.account_id)
+    first = cycle_containing(event.billing_day, event.business_date)
+    await store.open_account(event.account_id, event.billing_day, domain.DEFAULT_CAP, first)
+    waiting = [p for p in await unit.release_parked(event.account_id) if isinstance(p, m.CallCharged)]
+    if waiting:
+        await calls_charged(unit, waiting)
+
+
+@registry.on_batch(m.CallCharged)
+async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
+    store = MeterStore(unit.session)
+    accounts = await store.accounts({call.account_id for call in batch})
+    unknown = sorted({call.account_id for call in batch} - accounts.keys())
+    for account_id in unknown:  # it may be opening right now in another transaction: wait for it
+        await unit.lock_account(account_id)
+    if unknown:
+        accounts |= await store.accounts(unknown)
+    known: list[tuple[m.CallCharged, Cycle]] = []
+    for call in batch:
+        account = accounts.get(call.account_id)
+        if account is None:
+            await unit.park(USAGE_CALLS.name, call)  # its AccountOpened has not arrived yet
+        else:
+            known.append((call, cycle_containing(account.billing_day, call.business_date)))
+
+    fresh_ids = await store.claim_calls([(c.account_id, c.call_id, c.cost, cy.start) for c, cy in known])
+    fresh: list[tuple[m.CallCharged, Cycle]] = []
+    for call, cycle in known:
+        key = (call.account_id, call.call_id)
+        if key in fresh_ids:  # a call is charged once, however often it is reported
+            fresh_ids.discard(key)
+            fresh.append((call, cycle))
+
+    stored = await store.meters((c.account_id, cy.start) for c, cy in fresh)
+    changed: dict[tuple[str, Cycle], domain.Meter] = {}
+    for call, cycle in fresh:
+        account = accounts[call.account_id]
+        meter = changed.get((call.account_id, cycle)) or stored.get((call.account_id, cycle.start))
+        if meter is None:
+            meter = domain.Meter(cap=account.cap)
+        if cycle < account.open_cycle:
+            meter = domain.accrue_late(meter, call.cost)
+        else:
+            meter, alerts = domain.accrue(meter, call.cost)
+            _emit_alerts(unit, call, cycle, alerts)
+        changed[(call.account_id, cycle)] = meter
+    await store.save_meters(changed)
+
+
+@registry.on(m.SetCallingCreditCap)
+async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
+    domain.authorize_cap_change(command.actor.role)
+    store = MeterStore(unit.session)
+    account = (await store.accounts([command.account_id], lock=True)).get(command.account_id)
+    if account is None:
+        raise Rejected("unknown_account", f"account {command.account_id} is not open")
+    cycle = _current_cycle(account, command.business_date)
+    meter = (await store.meters([(account.account_id, cycle.start)])).get((account.account_id, cycle.start))
+    meter, alerts = domain.change_cap(meter or domain.Meter(cap=account.cap), command.cap)
+    await store.save_meters({(account.account_id, cycle): meter})
+    await store.set_cap(account.account_id, command.cap)
+    unit.emit(
+        ALERTS,
+        m.CallingCreditCapChanged.caused_by(command, cap=command.cap, accrued=meter.billable, cycle_start=cycle.start),
+    )
+    _emit_alerts(unit, command, cycle, alerts)
+
+
+@registry.on(m.BillingCycleClosing)
+async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
+    """Report the cycle's accrual and earlier cycles' late usage; start the next cycle unblocked."""
+    store = MeterStore(unit.session)
+    account = (await store.accounts([request.account_id], lock=True)).get(request.account_id)
+    if account is None:
+        raise ValueError(f"cycle close for unknown account {request.account_id}")
+    already = await store.sealed_event(request.account_id, request.cycle_start)
+    if already is not None:
+        message_id = m.UsageCycleSealed.model_validate_json(already).message_id
+        unit.outbox.append((message_id, METERING_USAGE.name, request.account_id, already))
+        return
+    cycle = Cycle(request.cycle_start, request.cycle_end)
+    if cycle != account.open_cycle:
+        raise ValueError(f"asked to seal {cycle} but the open cycle is {account.open_cycle}")
+    following = next_cycle(account.billing_day, cycle)
+    found = await store.meters([(account.account_id, cycle.start), (account.account_id, following.start)])
+    closing = found.get((account.account_id, cycle.start)) or domain.Meter(cap=account.cap)
+    upcoming = found.get((account.account_id, following.start)) or domain.Meter(cap=account.cap)
+
+    late_lines = []
+    changed: dict[tuple[str, Cycle], domain.Meter] = {}
+    for late_cycle, meter in await store.late_meters(account.account_id, cycle.start):
+        late_lines.append(
+            m.LateUsage(cycle_start=late_cycle.start, cycle_end=late_cycle.end, amount=meter.late_unbilled)
+        )
+        changed[(account.account_id, late_cycle)] = replace(meter, late_unbilled=domain.ZERO)
+    upcoming, alerts = domain.start_cycle(closing, upcoming)
+    changed[(account.account_id, cycle)] = replace(closing, blocked=False)
+    changed[(account.account_id, following)] = upcoming
+    await store.save_meters(changed)
+    await store.move_open_cycle(account.account_id, following)
+    sealed = m.UsageCycleSealed.caused_by(
+        request,
+        cycle_start=cycle.start,
+        cycle_end=cycle.end,
+        cap=closing.cap,
+        accrued=closing.billable,
+        over_cap=closing.over_cap,
+        late=late_lines,
+    )
+    await store.record_seal(account.account_id, cycle.start, sealed.model_dump_json().encode())
+    unit.emit(METERING_USAGE.name, sealed)
+    _emit_alerts(unit, request, following, alerts)

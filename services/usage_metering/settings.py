@@ -1,0 +1,12 @@
+"""Usage metering' settings: the shared ones plus its own database."""
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    database_name: str = "usage_metering"
+    batch_max_records: int = 5000

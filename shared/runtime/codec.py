@@ -1,0 +1,82 @@
+"""Reading records: bytes -> envelope -> contract model, and the dead-letter record for what fails."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pydantic import ValidationError
+
+from contracts.envelope import Envelope
+from contracts.topics import BY_NAME
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Record:
+    """The parts of a Kafka record the runtime needs (aiokafka's ConsumerRecord has them)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Unreadable(Exception):
+    """The record is not JSON, or its envelope cannot be read: it belongs in the DLQ."""
+
+
+def read_envelope(record: Record) -> Envelope:
+    if not record.value:
+        raise Unreadable("empty record value")
+    try:
+        return Envelope.model_validate_json(record.value)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise Unreadable("not JSON") from None
+        if any(error["type"] == "model_type" for error in exc.errors()):
+            raise Unreadable("not a JSON object") from None
+        raise Unreadable(f"unreadable envelope: {describe(exc)}") from None
+
+
+def parse_model(record: Record, envelope: Envelope) -> Envelope | None:
+    """The full contract model for this record, or None when the topic does not carry the type."""
+    topic = BY_NAME.get(record.topic)
+    model = topic.model_for(envelope.type) if topic else None
+    if model is None:
+        return None
+    assert record.value is not None
+    return model.model_validate_json(record.value)
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)[:MAX_ERROR_CHARS]
+
+
+def dead_letter_payload(record: Record, error: str) -> bytes:
+    """What goes to ``<topic>.dlq``: the original bytes, where they came from, the error, when."""
+    value = record.value or b""
+    try:
+        text: str | None = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    document = {
+        "original_topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "headers": {name: base64.b64encode(raw or b"").decode() for name, raw in record.headers},
+        "value_text": text,
+        "value_base64": base64.b64encode(value).decode(),
+        "error": error[:MAX_ERROR_CHARS],
+        "failed_at": datetime.now(UTC).isoformat(),
+    }
+    return json.dumps(document).encode()

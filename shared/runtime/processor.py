@@ -1,0 +1,303 @@
+"""Batch processing with an exactly-once effect: inbox, state change and outbox in one transaction.
+
+For each batch of records a subscriber receives:
+
+1. records whose envelope cannot be read become dead letters;
+2. one transaction claims the batch's ``message_id``s in the inbox (set-based, duplicates
+   skipped), runs the service's handlers for the new ones, writes their events and the
+   dead letters to the outbox, and commits;
+3. only then does the caller acknowledge (commit the Kafka offsets).
+
+A transient failure (database or network down) retries the batch with backoff; any other
+failure splits the batch so that one bad message is dead-lettered alone and the others pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import Command, Envelope, Event
+from contracts.messages import CommandRejected
+from contracts.topics import BY_NAME
+from shared.rejections import Rejected
+from shared.runtime.codec import Record, Unreadable, dead_letter_payload, describe, parse_model, read_envelope
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Envelope)
+Handler = Callable[["Unit", Any], Awaitable[None]]
+BatchHandler = Callable[["Unit", list[Any]], Awaitable[None]]
+
+# Which reason code a validation error on a field gets (contract.md lists the codes).
+REASON_CODE_BY_FIELD = {"product": "unknown_product", "quantity": "invalid_quantity", "cap": "invalid_cap"}
+
+
+class UnknownAccount(Exception):
+    """An event names an account this service has not heard of yet: park it until it opens."""
+
+
+@dataclass
+class Unit:
+    """One transaction's worth of work: the session and the events to publish when it commits."""
+
+    session: AsyncSession
+    outbox: list[tuple[uuid.UUID, str, str, bytes]] = field(default_factory=list)
+
+    def emit(self, topic: str, event: Event) -> None:
+        self.outbox.append((event.message_id, topic, event.account_id, event.model_dump_json().encode()))
+
+    async def lock_account(self, account_id: str) -> None:
+        """Serialise with other transactions about this account (parking vs. opening it)."""
+        await self.session.execute(sa.text("select pg_advisory_xact_lock(hashtext(:a))"), {"a": account_id})
+
+    async def park(self, topic: str, message: Envelope) -> None:
+        """Keep an event for an account not opened yet; ``release_parked`` hands it back later."""
+        await self.session.execute(
+            sa.text("insert into parked (account_id, topic, payload) values (:a, :t, :p)"),
+            {"a": message.account_id, "t": topic, "p": message.model_dump_json().encode()},
+        )
+
+    async def release_parked(self, account_id: str) -> list[Envelope]:
+        rows = (
+            await self.session.execute(
+                sa.text("delete from parked where account_id = :a returning id, topic, payload"), {"a": account_id}
+            )
+        ).all()
+        released = []
+        for _id, topic, payload in sorted(rows):
+            envelope = Envelope.model_validate_json(payload)
+            model = BY_NAME[topic].model_for(envelope.type)
+            if model is not None:
+                released.append(model.model_validate_json(payload))
+        return released
+
+    async def flush(self) -> None:
+        if not self.outbox:
+            return
+        ids, topics, keys, payloads = zip(*self.outbox, strict=True)
+        await self.session.execute(
+            sa.text(
+                "insert into outbox (message_id, topic, key, payload) "
+                "select * from unnest(cast(:ids as uuid[]), cast(:topics as text[]), "
+                "cast(:keys as text[]), cast(:payloads as bytea[])) on conflict (message_id) do nothing"
+            ),
+            {"ids": list(ids), "topics": list(topics), "keys": list(keys), "payloads": list(payloads)},
+        )
+
+
+class HandlerRegistry:
+    """Maps message types to a service's handlers: one at a time, or a whole batch at once."""
+
+    def __init__(self) -> None:
+        self.single: dict[str, Handler] = {}
+        self.batch: dict[str, BatchHandler] = {}
+
+    def on(self, model: type[M]) -> Callable[[Callable[[Unit, M], Awaitable[None]]], Any]:
+        def register(handler: Callable[[Unit, M], Awaitable[None]]) -> Any:
+            self.single[model.model_fields["type"].default] = handler
+            return handler
+
+        return register
+
+    def on_batch(self, model: type[M]) -> Callable[[Callable[[Unit, list[M]], Awaitable[None]]], Any]:
+        def register(handler: Callable[[Unit, list[M]], Awaitable[None]]) -> Any:
+            self.batch[model.model_fields["type"].default] = handler
+            return handler
+
+        return register
+
+    async def dispatch(self, unit: Unit, message: Envelope) -> None:
+        """Run the single-message handler for ``message`` (used to replay parked messages too)."""
+        handler = self.single.get(message.type)
+        if handler is not None:
+            await handler(unit, message)
+        elif message.type in self.batch:
+            await self.batch[message.type](unit, [message])
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures that go away by themselves: retry the same batch rather than dead-letter it."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError | sa.exc.OperationalError):
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", "")
+        return str(sqlstate).startswith(("08", "40", "53", "57P"))
+    return isinstance(exc, OSError | ConnectionError | TimeoutError | sa.exc.TimeoutError)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        service: str,
+        sessions: async_sessionmaker[AsyncSession],
+        registry: HandlerRegistry,
+        on_commit: Callable[[], None] = lambda: None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.sessions = sessions
+        self.registry = registry
+        self.on_commit = on_commit
+        self.max_backoff_s = max_backoff_s
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """Process a batch until its effect is committed; returns only then (or raises on cancel)."""
+        backoff = 0.05
+        while True:
+            try:
+                await self._process_once(records)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning(
+                        "transient failure, retrying batch",
+                        extra={"service": self.service, "batch_size": len(records), "error": repr(exc)},
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                    continue
+                if len(records) > 1:
+                    log.warning("batch failed, isolating the bad message", extra={"error": repr(exc)})
+                    for record in records:
+                        await self.process([record])
+                    return
+                log.exception("message failed; dead-lettering it", extra=_context(records[0]))
+                await self._dead_letter_alone(records[0], f"processing failed: {exc!r}")
+                return
+
+    async def _dead_letter_alone(self, record: Record, error: str) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async with self.sessions() as session, session.begin():
+                    unit = Unit(session)
+                    await self._write_dead_letters(unit, [(record, error)])
+                    await unit.flush()
+                self.on_commit()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _process_once(self, records: Sequence[Record]) -> None:
+        dead: list[tuple[Record, str]] = []
+        readable: list[tuple[Record, Envelope]] = []
+        for record in records:
+            try:
+                readable.append((record, read_envelope(record)))
+            except Unreadable as exc:
+                dead.append((record, str(exc)))
+
+        async with self.sessions() as session, session.begin():
+            unit = Unit(session)
+            new_ids = await _claim(session, readable)
+            batched: dict[str, list[Envelope]] = {}
+            for record, envelope in readable:
+                if envelope.message_id not in new_ids:
+                    continue  # processed before, or twice in this batch: no second effect
+                new_ids.discard(envelope.message_id)
+                message = self._parse(unit, record, envelope, dead)
+                if message is None:
+                    continue
+                if message.type in self.registry.batch:
+                    batched.setdefault(message.type, []).append(message)
+                    continue
+                handler = self.registry.single.get(message.type)
+                if handler is None:
+                    continue  # a type this service does not need
+                try:
+                    await handler(unit, message)
+                except Rejected as rejection:
+                    self._reject(unit, record, message, rejection.reason_code, rejection.reason, dead)
+                except UnknownAccount:
+                    await unit.park(record.topic, message)
+            for message_type, messages in batched.items():
+                await self.registry.batch[message_type](unit, messages)
+            await self._write_dead_letters(unit, dead)
+            await unit.flush()
+        if unit.outbox:
+            self.on_commit()
+
+    def _parse(self, unit: Unit, record: Record, envelope: Envelope, dead: list[tuple[Record, str]]) -> Envelope | None:
+        try:
+            message = parse_model(record, envelope)
+        except ValidationError as exc:
+            fields = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+            code = next((REASON_CODE_BY_FIELD[f] for f in fields if f in REASON_CODE_BY_FIELD), "invalid_command")
+            self._reject(unit, record, envelope, code, describe(exc), dead)
+            return None
+        if message is None:
+            self._reject(unit, record, envelope, "unknown_command", f"{record.topic} carries no {envelope.type}", dead)
+        return message
+
+    def _reject(
+        self, unit: Unit, record: Record, message: Envelope, code: str, reason: str, dead: list[tuple[Record, str]]
+    ) -> None:
+        topic = BY_NAME.get(record.topic)
+        if topic is None or topic.rejections_to is None:
+            dead.append((record, f"{code}: {reason}"))  # an invalid event: the sender has no reply topic
+            return
+        unit.emit(
+            topic.rejections_to,
+            CommandRejected(
+                message_id=uuid.uuid4(),
+                account_id=message.account_id,
+                occurred_at=message.occurred_at,
+                causation_id=message.message_id,
+                command_type=message.type,
+                reason_code=code,
+                reason=reason,
+            ),
+        )
+
+    async def _write_dead_letters(self, unit: Unit, dead: list[tuple[Record, str]]) -> None:
+        for record, error in dead:
+            log.warning("dead letter", extra=_context(record) | {"error": error})
+            payload = dead_letter_payload(record, error)
+            inserted = (
+                await unit.session.execute(
+                    sa.text(
+                        'insert into dead_letters (topic, partition, "offset", error, payload) '
+                        "values (:t, :p, :o, :e, :v) on conflict do nothing returning id"
+                    ),
+                    {"t": record.topic, "p": record.partition, "o": record.offset, "e": error, "v": payload},
+                )
+            ).first()
+            if inserted is not None:  # a redelivered poison message gives one DLQ record
+                key = record.key.decode("utf-8", "replace") if record.key else ""
+                unit.outbox.append((uuid.uuid4(), f"{record.topic}.dlq", key, payload))
+
+
+async def _claim(session: AsyncSession, readable: list[tuple[Record, Envelope]]) -> set[uuid.UUID]:
+    """Insert the batch's message ids into the inbox; return those that were not there yet."""
+    if not readable:
+        return set()
+    rows = await session.execute(
+        sa.text(
+            "insert into inbox (message_id, topic) "
+            "select * from unnest(cast(:ids as uuid[]), cast(:topics as text[])) "
+            "on conflict do nothing returning message_id"
+        ),
+        {"ids": [e.message_id for _, e in readable], "topics": [r.topic for r, _ in readable]},
+    )
+    return {row[0] for row in rows}
+
+
+def _context(record: Record) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+__all__ = ["BatchProcessor", "Command", "HandlerRegistry", "Rejected", "Unit", "UnknownAccount"]

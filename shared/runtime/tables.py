@@ -1,0 +1,49 @@
+"""The runtime's own tables, present in every service's database.
+
+- ``inbox``: one row per processed ``message_id``; a duplicate key means "already done".
+- ``outbox``: events committed with the state change, relayed to Kafka afterwards, then deleted.
+- ``parked``: events for an account not opened yet, handed back when its ``AccountOpened`` arrives.
+- ``dead_letters``: unreadable or invalid input, unique per (topic, partition, offset), so a
+  redelivered poison message yields one ``.dlq`` record.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic.operations import Operations
+
+
+def create_runtime_tables(op: Operations) -> None:
+    op.create_table(
+        "inbox",
+        sa.Column("message_id", sa.Uuid, primary_key=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    )
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("message_id", sa.Uuid, nullable=False, unique=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    )
+    op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("partition", sa.Integer, nullable=False),
+        sa.Column("offset", sa.BigInteger, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("failed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.UniqueConstraint("topic", "partition", "offset", name="dead_letters_source_key"),
+    )
+    op.create_table(
+        "parked",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("account_id", sa.Text, nullable=False, index=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+    )

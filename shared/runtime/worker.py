@@ -1,0 +1,138 @@
+"""Builds a service's FastStream app: batch subscribers with at-least-once acks, the relay, start-up.
+
+Each service's ``app.py`` is its composition root and calls ``build_worker`` with its own
+settings, handlers, topics and migrations; nothing else wires dependencies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faststream import AckPolicy, Context, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+from faststream.specification import AsyncAPI
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from contracts.topics import BY_NAME
+from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
+from shared.logs import configure_logging
+from shared.runtime.codec import Record
+from shared.runtime.processor import BatchProcessor, HandlerRegistry
+from shared.runtime.relay import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Topics one consumer reads, in batches of at most ``max_records``."""
+
+    topics: tuple[str, ...]
+    max_records: int | None = None
+
+
+async def _raw_body(message: Any) -> Any:
+    # Never let the framework decode: bytes that are not JSON must reach the runtime's DLQ path.
+    return message.body
+
+
+def _security(settings: ServiceSettings) -> BaseSecurity | None:
+    options = settings.kafka_options()
+    ssl_context = options.get("ssl_context")
+    if settings.kafka_sasl_mechanism is None:
+        return BaseSecurity(ssl_context=ssl_context) if ssl_context else None
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    kinds: dict[str, type[SASLPlaintext] | type[SASLScram256] | type[SASLScram512]] = {
+        "PLAIN": SASLPlaintext,
+        "SCRAM-SHA-256": SASLScram256,
+        "SCRAM-SHA-512": SASLScram512,
+    }
+    return kinds[settings.kafka_sasl_mechanism](
+        username=settings.kafka_sasl_username or "", password=password, ssl_context=ssl_context
+    )
+
+
+@dataclass
+class Worker:
+    """The running parts of one service process (handy for tests and benchmarks)."""
+
+    app: FastStream
+    broker: KafkaBroker
+    processor: BatchProcessor
+    relay: OutboxRelay
+
+
+def build_worker(
+    service: str,
+    settings: ServiceSettings,
+    registry: HandlerRegistry,
+    subscriptions: Sequence[Subscription],
+    publishes: Sequence[str],
+    migrations_dir: Path,
+    description: str,
+) -> Worker:
+    configure_logging(settings.log_level, settings.log_format)
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers, security=_security(settings), acks="all", enable_idempotence=True
+    )
+    engine = make_engine(settings.database_url)
+    sessions = make_sessions(engine)
+    relay = OutboxRelay(
+        service,
+        sessions,
+        settings.kafka_options(),
+        batch_size=settings.relay_batch_size,
+        poll_interval_s=settings.relay_poll_interval_s,
+    )
+    processor = BatchProcessor(service, sessions, registry, on_commit=relay.wake)
+
+    for subscription in subscriptions:
+        subscriber = broker.subscriber(
+            *subscription.topics,
+            batch=True,
+            group_id=service,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            max_records=subscription.max_records or settings.batch_max_records,
+            batch_timeout_ms=settings.batch_timeout_ms,
+            fetch_max_wait_ms=100,
+            decoder=_raw_body,
+            description="; ".join(BY_NAME[t].description for t in subscription.topics),
+        )
+
+        async def consume(body: Any, message: KafkaMessage = Context("message")) -> None:
+            raw = message.raw_message
+            records = raw if isinstance(raw, tuple) else (raw,)
+            await processor.process(
+                [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records]
+            )
+
+        subscriber(consume)
+
+    for topic in publishes:
+        broker.publisher(topic, description=BY_NAME[topic].description if topic in BY_NAME else topic)
+
+    app = FastStream(broker, specification=AsyncAPI(title=service, description=description))
+
+    @app.on_startup
+    async def prepare_database() -> None:
+        await wait_for_database(engine)
+        await upgrade_to_head(engine, migrations_dir)
+
+    @app.after_startup
+    async def start_relay() -> None:
+        await relay.start()
+        log.info("worker started", extra={"service": service})
+
+    @app.after_shutdown
+    async def stop_relay() -> None:
+        await relay.stop()
+        await engine.dispose()
+
+    return Worker(app, broker, processor, relay)

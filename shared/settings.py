@@ -1,0 +1,73 @@
+"""Settings every service reads from the environment (pydantic-settings), with safe defaults for local dev."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "billing"}
+
+
+class ServiceSettings(BaseSettings):
+    """Shared settings; each service subclasses it with its own env prefix and database."""
+
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    database_host: str = "127.0.0.1"
+    database_port: int = 55432
+    database_user: str = "billing"
+    database_password: SecretStr = SecretStr("billing")
+    database_name: str = "postgres"
+
+    batch_max_records: int = 500
+    batch_timeout_ms: int = 5
+    relay_batch_size: int = 2000
+    relay_poll_interval_s: float = 0.05
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @property
+    def database_url(self) -> str:
+        password = self.database_password.get_secret_value()
+        return (
+            f"postgresql+asyncpg://{self.database_user}:{password}@{self.database_host}:"
+            f"{self.database_port}/{self.database_name}"
+        )
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> ServiceSettings:
+        if self.environment == "production":
+            secrets = [self.database_password]
+            if self.kafka_sasl_password is not None:
+                secrets.append(self.kafka_sasl_password)
+            for secret in secrets:
+                if secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError("a placeholder secret is refused outside development; set a real one")
+        return self
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Connection options for aiokafka / FastStream, security included."""
+        options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap_servers}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            options["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_security_protocol.endswith("SSL"):
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        return options

@@ -1,0 +1,121 @@
+"""Fixtures: the real stack (Kafka + PostgreSQL, started by deploy/stack.sh) and the three workers.
+
+Tests that need the stack are marked ``stack``. Each test uses fresh account ids, so tests
+share the broker, topics and databases without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.topics import TOPICS
+from tests.support import Bus, database
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("license_orders", "usage_metering", "cycle_close")
+OUTPUT_TOPICS = [
+    "licensing.events",
+    "metering.alerts",
+    "metering.usage",
+    "billing.invoices",
+    "billing.cycles",
+] + [t.dlq for t in TOPICS]
+
+
+class Workers:
+    """The three services as real processes, each its own consumer group member."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = ROOT / ".stack" / "test-logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, service: str, name: str | None = None, **env: str) -> subprocess.Popen[bytes]:
+        name = name or service
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BILLING_LOG_FORMAT": "text", **env},
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = 15) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+@pytest.fixture(scope="session")
+def topics() -> None:
+    """Create the registry's topics (harmless when they exist) before anything uses them."""
+    from deploy.provision import create_topics
+    from tests.support import BOOTSTRAP
+
+    asyncio.run(create_topics(BOOTSTRAP))
+
+
+@pytest.fixture(scope="session")
+def workers(topics: None) -> Iterator[Workers]:
+    started = Workers()
+    for service in SERVICES:
+        started.start(service)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="session")
+async def bus(topics: None) -> AsyncIterator[Bus]:
+    bus = Bus(OUTPUT_TOPICS)
+    await bus.start()
+    yield bus
+    await bus.stop()
+
+
+@pytest.fixture(scope="session")
+async def dbs():  # type: ignore[no-untyped-def]
+    engines = {name: database(name) for name in SERVICES}
+    yield engines
+    await asyncio.gather(*(e.dispose() for e in engines.values()))
+
+
+@pytest.fixture(scope="session")
+async def stack(workers: Workers, bus: Bus, dbs) -> AsyncIterator[Bus]:  # type: ignore[no-untyped-def]
+    """Everything running, and every worker past start-up (it answered a probe account)."""
+    from datetime import UTC, datetime
+
+    from contracts.messages import AccountOpened
+    from tests.support import scalar, wait_until
+
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    await bus.send(
+        "platform.accounts",
+        AccountOpened(message_id=uuid.uuid4(), account_id=probe, occurred_at=datetime.now(UTC), billing_day=1),
+    )
+    tables = {"license_orders": "accounts", "usage_metering": "accounts", "cycle_close": "billing_accounts"}
+    for name, table in tables.items():
+        await wait_until(
+            lambda n=name, t=table: scalar(dbs[n], f"select count(*) from {t} where account_id = :a", a=probe),
+            timeout=90,
+            what=f"{name} to record the probe account (see .stack/test-logs/{name}.log)",
+        )
+    yield bus
