@@ -210,8 +210,15 @@ class CloseStore:
                     {
                         "invoice_id": invoice.invoice_id,
                         "line_no": n,
-                        **line.model_dump(exclude={"product"}),
+                        "kind": line.kind,
                         "product": line.product,
+                        "description": line.description,
+                        "quantity": line.quantity,
+                        "unit_price": line.unit_price,
+                        "amount": line.amount,
+                        "period_start": line.period_start,
+                        "period_end": line.period_end,
+                        "late": line.late,
                     }
                     for n, line in enumerate(invoice.lines, start=1)
                 ],

@@ -1,0 +1,123 @@
+"""Usage metering over the real broker and database: cap alerts, blocking, cap changes, bad input."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from contracts import messages as m
+from tests.support import ADMIN, SUPPORT, Bus, message, new_account, scalar, wait_until
+
+pytestmark = pytest.mark.stack
+ALERTS = "metering.alerts"
+NOV_1, NOV_10 = date(2026, 11, 1), date(2026, 11, 10)
+
+
+async def open_account(bus: Bus) -> str:
+    account = new_account()
+    await bus.send("platform.accounts", message(m.AccountOpened, account, NOV_1, billing_day=1))
+    return account
+
+
+def call(account: str, cost: str, call_id: str | None = None, day: date = NOV_10) -> m.CallCharged:
+    return message(m.CallCharged, account, day, call_id=call_id or uuid.uuid4().hex, cost=Decimal(cost))
+
+
+async def accrued(dbs, account: str) -> Decimal:  # type: ignore[no-untyped-def]
+    return await scalar(
+        dbs["usage_metering"],
+        "select billable from meters where account_id = :a and cycle_start = '2026-11-01'",
+        a=account,
+    )
+
+
+async def test_reaching_the_cap_alerts_once_per_threshold_and_blocks(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+    account = await open_account(stack)
+    calls = [call(account, "10.00") for _ in range(25)]
+    for c in calls[:7]:
+        await stack.send("usage.calls", c)
+    await stack.send("usage.calls", calls[3])  # the telephony platform reports one call twice
+    for c in calls[7:]:
+        await stack.send("usage.calls", c)
+
+    await stack.wait_count(ALERTS, 1, account_id=account, type="CallingBlocked")
+    last = call(account, "10.00")
+    await stack.send("usage.calls", last)  # over the cap: recorded as over-cap, not billed
+    await wait_until(
+        lambda: scalar(dbs["usage_metering"], "select count(*) from calls where call_id = :c", c=last.call_id),
+        what="the over-cap call to be recorded",
+    )
+
+    thresholds = [
+        a["threshold_percent"] for a in stack.matching(ALERTS, account_id=account, type="CallingCreditThresholdReached")
+    ]
+    assert thresholds == [50, 80, 100]
+    assert len(stack.matching(ALERTS, account_id=account, type="CallingBlocked")) == 1
+    assert await accrued(dbs, account) == Decimal("250.00")
+    over = await scalar(dbs["usage_metering"], "select over_cap from meters where account_id = :a", a=account)
+    assert over == Decimal("10.00")
+    fifty = stack.matching(ALERTS, account_id=account, threshold_percent=50)[0]
+    assert Decimal(fifty["accrued"]) == Decimal("130.00") and fifty["cap"] == "250.00"
+
+
+async def test_support_raising_the_cap_unblocks_and_rearms_the_thresholds_ahead(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+    account = await open_account(stack)
+    for _ in range(25):
+        await stack.send("usage.calls", call(account, "10.00"))
+    await stack.wait_count(ALERTS, 1, account_id=account, type="CallingBlocked")
+
+    raise_cap = message(m.SetCallingCreditCap, account, date(2026, 11, 12), actor=SUPPORT, cap=Decimal("400.00"))
+    await stack.send("metering.commands", raise_cap)
+    [unblocked] = await stack.wait_count(ALERTS, 1, account_id=account, type="CallingUnblocked")
+    [changed] = await stack.wait_count(ALERTS, 1, account_id=account, type="CallingCreditCapChanged")
+    for _ in range(7):  # 250 + 70 = 320 = 80 % of 400
+        await stack.send("usage.calls", call(account, "10.00", day=date(2026, 11, 13)))
+    await stack.wait_count(ALERTS, 2, account_id=account, threshold_percent=80)
+
+    assert unblocked["reason"] == "cap_raised"
+    assert changed["cap"] == "400.00" and Decimal(changed["accrued"]) == Decimal("250")
+    assert len(stack.matching(ALERTS, account_id=account, threshold_percent=50)) == 1
+    assert len(stack.matching(ALERTS, account_id=account, threshold_percent=100)) == 1
+    assert await accrued(dbs, account) == Decimal("320.00")
+
+
+async def test_an_office_admin_may_not_change_the_cap(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+    account = await open_account(stack)
+    attempt = message(m.SetCallingCreditCap, account, NOV_10, actor=ADMIN, cap=Decimal("1000.00"))
+    await stack.send("metering.commands", attempt)
+    [rejected] = await stack.wait_count(ALERTS, 1, causation_id=str(attempt.message_id))
+
+    assert rejected["type"] == "CommandRejected" and rejected["reason_code"] == "not_authorized"
+    assert await scalar(dbs["usage_metering"], "select cap from accounts where account_id = :a", a=account) == Decimal(
+        "250.00"
+    )
+
+
+async def test_garbage_and_a_negative_cost_go_to_the_dlq_and_later_calls_still_accrue(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+    account = await open_account(stack)
+    negative = call(account, "1.00").model_dump_json().replace('"cost":"1.00"', '"cost":"-5.00"').encode()
+    absurd = call(account, "1.00").model_dump_json().replace('"cost":"1.00"', '"cost":"20000.00"').encode()
+    await stack.send("usage.calls", b"\x00not json at all", key=account)
+    await stack.send("usage.calls", negative, key=account)
+    await stack.send("usage.calls", absurd, key=account)
+    await stack.send("usage.calls", call(account, "12.50"))
+    await stack.send("usage.calls", call(account, "0.125000"))
+
+    await wait_until(lambda: accrued(dbs, account), what="the valid calls to accrue")
+    await wait_until(lambda: _equals(accrued(dbs, account), Decimal("12.625")), what="both valid calls to accrue")
+    letters = await stack.wait_count("usage.calls.dlq", 3, key=account)
+    errors = [letter["error"] for letter in letters]
+    assert any("not JSON" in e for e in errors)
+    assert any("negative" in e for e in errors)
+    assert any("not plausible" in e for e in errors)
+    garbage = next(letter for letter in letters if "not JSON" in letter["error"])
+    assert garbage["original_topic"] == "usage.calls" and garbage["offset"] >= 0
+    assert json.loads(json.dumps(garbage))["value_base64"]
+
+
+async def _equals(value, expected):  # type: ignore[no-untyped-def]
+    return (await value) == expected
