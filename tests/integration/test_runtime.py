@@ -1,0 +1,161 @@
+"""The consumer runtime against the real broker and database: inbox, outbox, DLQ, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts import messages as m
+from shared.db import make_sessions
+from shared.runtime import BatchProcessor, HandlerRegistry, Unit
+from shared.runtime.codec import Record
+from tests.e2e.test_license_orders import command, open_account
+from tests.support import ADMIN, BOOTSTRAP, Bus, message, new_account, scalar, wait_until
+
+pytestmark = pytest.mark.stack
+
+
+async def test_an_opened_account_is_recorded_by_all_three_services(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+    account = new_account()
+    await stack.send("platform.accounts", message(m.AccountOpened, account, date(2026, 11, 3), billing_day=3))
+    tables = {"license_orders": "accounts", "usage_metering": "accounts", "cycle_close": "billing_accounts"}
+    for service, table in tables.items():
+        day = await wait_until(
+            lambda s=service, t=table: scalar(dbs[s], f"select billing_day from {t} where account_id = :a", a=account),
+            what=f"{service} to record the account",
+        )
+        assert day == 3
+
+
+async def test_every_contract_message_round_trips_through_kafka_with_money_exact(stack: Bus) -> None:
+    from tests.unit.test_contracts import examples
+
+    topic = f"roundtrip-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    bus = Bus([topic])
+    await bus.start()
+    try:
+        sent = examples()
+        for example in sent:
+            await bus.send(topic, example)
+        await bus.wait_for(lambda: len(bus.raw) >= len(sent), what="every example back")
+        received = [type(example).model_validate_json(raw) for example, (_, raw) in zip(sent, bus.raw, strict=True)]
+    finally:
+        await bus.stop()
+        await admin.delete_topics([topic])
+        await admin.close()
+
+    assert received == sent
+    call = next(r for r in received if isinstance(r, m.CallCharged))
+    assert call.cost == Decimal("12.345678") and isinstance(call.cost, Decimal)
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+    registry = HandlerRegistry()
+    account = new_account()
+    would_be = m.CommandRejected(
+        message_id=uuid.uuid4(),
+        account_id=account,
+        occurred_at=datetime.now(UTC),
+        command_type="x",
+        reason_code="x",
+        reason="emitted, then the handler failed",
+    )
+
+    @registry.on(m.PurchaseLicenses)
+    async def failing(unit: Unit, cmd: m.PurchaseLicenses) -> None:
+        unit.emit("licensing.events", would_be)
+        await unit.session.execute(
+            sa.text("insert into accounts values (:a, 1, '2026-11-01', '2026-12-01')"), {"a": account}
+        )
+        raise RuntimeError("the handler failed after writing")
+
+    processor = BatchProcessor("test", make_sessions(dbs["license_orders"]), registry)
+    cmd = message(m.PurchaseLicenses, account, date(2026, 11, 5), actor=ADMIN, product="user", quantity=1)
+    offset = random.randrange(10**12, 10**13)
+    await processor.process([Record("licensing.commands", 0, offset, account.encode(), cmd.model_dump_json().encode())])
+
+    [letter] = await stack.wait_count("licensing.commands.dlq", 1, offset=offset)
+    assert "the handler failed after writing" in letter["error"]
+    assert await scalar(dbs["license_orders"], "select count(*) from accounts where account_id = :a", a=account) == 0
+    assert (
+        await scalar(dbs["license_orders"], "select count(*) from outbox where message_id = :i", i=would_be.message_id)
+        == 0
+    )
+    assert stack.matching("licensing.events", message_id=str(would_be.message_id)) == []
+
+
+async def test_an_outbox_row_left_by_a_killed_process_is_published_once_after_restart(stack: Bus, dbs, workers) -> None:  # type: ignore[no-untyped-def]
+    workers.stop("license_orders", signal.SIGKILL)
+    left_behind = m.CommandRejected(
+        message_id=uuid.uuid4(),
+        account_id=new_account(),
+        occurred_at=datetime.now(UTC),
+        command_type="PurchaseLicenses",
+        reason_code="test",
+        reason="committed just before the crash",
+    )
+    async with dbs["license_orders"].begin() as conn:
+        await conn.execute(
+            sa.text("insert into outbox (message_id, topic, key, payload) values (:i, 'licensing.events', :k, :p)"),
+            {"i": left_behind.message_id, "k": left_behind.account_id, "p": left_behind.model_dump_json().encode()},
+        )
+    workers.start("license_orders")
+    await stack.wait_count("licensing.events", 1, timeout=60, message_id=str(left_behind.message_id))
+    account = await open_account(stack)
+    await command(stack, m.PreviewLicensePurchase, account, product="user", quantity=1)  # the relay moved past it
+
+    assert len(stack.matching("licensing.events", message_id=str(left_behind.message_id))) == 1
+    assert (
+        await scalar(
+            dbs["license_orders"], "select count(*) from outbox where message_id = :i", i=left_behind.message_id
+        )
+        == 0
+    )
+
+
+async def test_garbage_on_a_command_topic_goes_to_its_dlq_and_the_next_command_is_processed(stack: Bus) -> None:
+    account = await open_account(stack)
+    await stack.send("licensing.commands", b"{{{ not json", key=account)
+    await stack.send("licensing.commands", b'{"type": "PurchaseLicenses", "quantity": 1}', key=account)
+    reply = await command(stack, m.PurchaseLicenses, account, product="user", quantity=1)
+
+    letters = await stack.wait_count("licensing.commands.dlq", 2, key=account)
+    assert reply["type"] == "LicensesPurchased"
+    assert {("not JSON" in x["error"]) or ("unreadable envelope" in x["error"]) for x in letters} == {True}
+
+
+async def test_a_worker_killed_mid_stream_ends_with_every_command_applied_once(stack: Bus, dbs, workers) -> None:  # type: ignore[no-untyped-def]
+    account = await open_account(stack)
+    await command(stack, m.PurchaseLicenses, account, product="user", quantity=150)
+    invites = [
+        message(m.AssignLicense, account, date(2026, 11, 16), actor=ADMIN, product="user", assignee_id=f"u{n}")
+        for n in range(200)
+    ]
+    for invite in invites[:100]:
+        await stack.send("licensing.commands", invite)
+    workers.stop("license_orders", signal.SIGKILL)
+    for invite in invites[100:]:
+        await stack.send("licensing.commands", invite)
+    workers.start("license_orders")
+    for invite in invites:
+        await stack.wait_count("licensing.events", 1, timeout=60, causation_id=str(invite.message_id))
+    await asyncio.sleep(0)
+
+    replies = [stack.matching("licensing.events", causation_id=str(i.message_id)) for i in invites]
+    assert all(len(r) == 1 for r in replies)
+    assert [r[0]["type"] for r in replies] == ["LicenseAssigned"] * 150 + ["CommandRejected"] * 50
+    assigned = await scalar(
+        dbs["license_orders"], "select assigned from balances where account_id = :a and product = 'user'", a=account
+    )
+    assert assigned == 150
