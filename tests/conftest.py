@@ -92,14 +92,14 @@ async def bus(topics: None) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture(scope="session")
-async def dbs():  # type: ignore[no-untyped-def]
+async def dbs():
     engines = {name: database(name) for name in SERVICES}
     yield engines
     await asyncio.gather(*(e.dispose() for e in engines.values()))
 
 
 @pytest.fixture(scope="session")
-async def stack(workers: Workers, bus: Bus, dbs) -> AsyncIterator[Bus]:  # type: ignore[no-untyped-def]
+async def stack(workers: Workers, bus: Bus, dbs) -> AsyncIterator[Bus]:
     """Everything running, and every worker past start-up (it answered a probe account)."""
     from datetime import UTC, datetime
 
@@ -114,7 +114,7 @@ async def stack(workers: Workers, bus: Bus, dbs) -> AsyncIterator[Bus]:  # type:
     tables = {"license_orders": "accounts", "usage_metering": "accounts", "cycle_close": "billing_accounts"}
     for name, table in tables.items():
         await wait_until(
-            lambda n=name, t=table: scalar(dbs[n], f"select count(*) from {t} where account_id = :a", a=probe),
+            lambda n=name, t=table: scalar(dbs[n], f"select count(*) from {t} where account_id = :a", a=probe),  # type: ignore[misc]
             timeout=90,
             what=f"{name} to record the probe account (see .stack/test-logs/{name}.log)",
         )

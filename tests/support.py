@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import uuid
@@ -76,10 +77,8 @@ class Bus:
                 for records in batches.values():
                     for record in records:
                         self.raw.append((record.topic, record.value))
-                        try:
+                        with contextlib.suppress(ValueError):
                             self.received.append((record.topic, json.loads(record.value)))
-                        except ValueError:
-                            pass
                 self._changed.notify_all()
 
     async def stop(self) -> None:

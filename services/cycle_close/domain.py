@@ -85,15 +85,15 @@ def invoice_lines(
                 period_end=cycle.end,
             )
         )
-    for late in usage.late:
+    for late_usage in usage.late:
         lines.append(
             m.InvoiceLine(
                 kind="calling_credits",
-                description=f"Calling credits, {_period(late.cycle_start, late.cycle_end)} (late usage)",
+                description=f"Calling credits, {_period(late_usage.cycle_start, late_usage.cycle_end)} (late usage)",
                 quantity=1,
-                amount=to_cents(late.amount),
-                period_start=late.cycle_start,
-                period_end=late.cycle_end,
+                amount=to_cents(late_usage.amount),
+                period_start=late_usage.cycle_start,
+                period_end=late_usage.cycle_end,
                 late=True,
             )
         )

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, time
 
 from contracts import messages as m
-from contracts.topics import BILLING_CYCLES, BILLING_INVOICES, BILLING_CHARGES
+from contracts.topics import BILLING_CHARGES, BILLING_CYCLES, BILLING_INVOICES
 from services.cycle_close import domain
 from services.cycle_close.storage import CloseStore
 from shared.cycles import Cycle, cycle_containing, cycles_ending_by, next_cycle

@@ -24,6 +24,6 @@ def create_worker(settings: Settings | None = None) -> Worker:
     )
 
 
-def create_app():  # type: ignore[no-untyped-def]
+def create_app():
     """For ``faststream run`` / ``faststream docs gen services.license_orders.app:create_app --factory``."""
     return create_worker().app

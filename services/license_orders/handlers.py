@@ -190,6 +190,7 @@ async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
                 ),
             )
         if kept > 0:
+            assert product in m.PRODUCTS
             price = await store.unit_price(account.account_id, product)
             assert price is not None
             recurring.append(

@@ -35,5 +35,5 @@ def create_worker(settings: Settings | None = None) -> Worker:
     )
 
 
-def create_app():  # type: ignore[no-untyped-def]
+def create_app():
     return create_worker().app

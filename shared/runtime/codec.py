@@ -6,6 +6,7 @@ import base64
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
 from pydantic import ValidationError
 
 from contracts.envelope import Envelope

@@ -72,10 +72,8 @@ class OutboxRelay:
                 continue
             if sent < self.batch_size:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
-                except TimeoutError:
-                    pass
 
     async def relay_once(self) -> int:
         """Publish one batch of unpublished rows; returns how many."""
@@ -110,5 +108,5 @@ def make_producer(**kafka_options: object) -> AIOKafkaProducer:
         linger_ms=2,
         max_batch_size=256 * 1024,
         request_timeout_ms=30000,
-        **kafka_options,  # type: ignore[arg-type]
+        **kafka_options,
     )

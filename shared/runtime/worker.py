@@ -15,8 +15,8 @@ from typing import Any
 from faststream import AckPolicy, Context, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
-from faststream.specification import AsyncAPI
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from faststream.specification import AsyncAPI
 
 from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database

@@ -22,7 +22,7 @@ async def open_account(bus: Bus, day: date = date(2026, 11, 1), billing_day: int
     return account
 
 
-async def licensing(bus: Bus, model: type[m.Command], account: str, day: date, **fields) -> dict:  # type: ignore[no-untyped-def]
+async def licensing(bus: Bus, model: type[m.Command], account: str, day: date, **fields) -> dict:
     sent = message(model, account, day, actor=ADMIN, **fields)
     await bus.send("licensing.commands", sent)
     [reply] = await bus.wait_count("licensing.events", 1, causation_id=str(sent.message_id))
@@ -47,7 +47,7 @@ def lines_of(issued: dict, kind: str) -> list[tuple]:
     )
 
 
-async def test_a_month_with_purchases_a_removal_calls_and_a_device_gives_the_exact_invoice(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_a_month_with_purchases_a_removal_calls_and_a_device_gives_the_exact_invoice(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 1), product="user", quantity=3)
     await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 16), product="room_phone", quantity=2)
@@ -110,7 +110,7 @@ async def test_a_month_with_purchases_a_removal_calls_and_a_device_gives_the_exa
     )
 
 
-async def test_late_usage_for_a_closed_cycle_lands_on_the_next_invoice(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_late_usage_for_a_closed_cycle_lands_on_the_next_invoice(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     await stack.send(
         "usage.calls", message(m.CallCharged, account, date(2026, 11, 5), call_id="c1", cost=Decimal("3.00"))
@@ -142,7 +142,7 @@ async def test_late_usage_for_a_closed_cycle_lands_on_the_next_invoice(stack: Bu
     ]
 
 
-async def test_a_missed_month_is_caught_up_cycle_by_cycle_oldest_first(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_a_missed_month_is_caught_up_cycle_by_cycle_oldest_first(stack: Bus, dbs) -> None:
     account = await open_account(stack, date(2026, 10, 15), billing_day=31)
     await licensing(stack, m.PurchaseLicenses, account, date(2026, 10, 15), product="user", quantity=1)
     await stack.send("billing.commands", close_command(date(2026, 12, 31), [account]))
@@ -158,7 +158,7 @@ async def test_a_missed_month_is_caught_up_cycle_by_cycle_oldest_first(stack: Bu
     assert [i["total"] for i in invoices] == ["22.74", "15.00", "15.00"]
 
 
-async def test_a_purchase_racing_the_close_lands_on_exactly_one_of_two_invoices(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_a_purchase_racing_the_close_lands_on_exactly_one_of_two_invoices(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 2), product="user", quantity=1)
     racing = message(m.PurchaseLicenses, account, date(2026, 11, 30), actor=ADMIN, product="fax", quantity=1)
@@ -182,7 +182,7 @@ async def test_a_purchase_racing_the_close_lands_on_exactly_one_of_two_invoices(
     assert sum(Decimal(line["amount"]) for _, line in fax) == Decimal("20.33")
 
 
-async def test_two_triggers_at_once_issue_one_invoice_per_account_and_cycle(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_two_triggers_at_once_issue_one_invoice_per_account_and_cycle(stack: Bus, dbs) -> None:
     accounts = [await open_account(stack) for _ in range(5)]
     for account in accounts:
         await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 10), product="user", quantity=2)
@@ -200,7 +200,7 @@ async def test_two_triggers_at_once_issue_one_invoice_per_account_and_cycle(stac
         await invoice(stack, account, "2026-11-01")
     for trigger in (first, second):
         await wait_until(
-            lambda t=trigger: scalar(
+            lambda t=trigger: scalar(  # type: ignore[misc]
                 dbs["cycle_close"], "select count(*) from inbox where message_id = :t", t=t.message_id
             )
         )
@@ -214,7 +214,7 @@ async def test_two_triggers_at_once_issue_one_invoice_per_account_and_cycle(stac
     assert len([i for i in stack.matching(INVOICES) if i["account_id"] in accounts]) == 5
 
 
-async def test_an_office_admin_cannot_trigger_a_close(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_an_office_admin_cannot_trigger_a_close(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     attempt = message(
         m.CloseBillingCycles, "platform", date(2026, 12, 1), actor=ADMIN, as_of=date(2026, 12, 1), account_ids=[account]

@@ -27,7 +27,7 @@ def call(account: str, cost: str, call_id: str | None = None, day: date = NOV_10
     return message(m.CallCharged, account, day, call_id=call_id or uuid.uuid4().hex, cost=Decimal(cost))
 
 
-async def accrued(dbs, account: str) -> Decimal:  # type: ignore[no-untyped-def]
+async def accrued(dbs, account: str) -> Decimal:
     return await scalar(
         dbs["usage_metering"],
         "select billable from meters where account_id = :a and cycle_start = '2026-11-01'",
@@ -35,7 +35,7 @@ async def accrued(dbs, account: str) -> Decimal:  # type: ignore[no-untyped-def]
     )
 
 
-async def test_reaching_the_cap_alerts_once_per_threshold_and_blocks(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_reaching_the_cap_alerts_once_per_threshold_and_blocks(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     calls = [call(account, "10.00") for _ in range(25)]
     for c in calls[:7]:
@@ -64,7 +64,7 @@ async def test_reaching_the_cap_alerts_once_per_threshold_and_blocks(stack: Bus,
     assert Decimal(fifty["accrued"]) == Decimal("130.00") and fifty["cap"] == "250.00"
 
 
-async def test_support_raising_the_cap_unblocks_and_rearms_the_thresholds_ahead(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_support_raising_the_cap_unblocks_and_rearms_the_thresholds_ahead(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     for _ in range(25):
         await stack.send("usage.calls", call(account, "10.00"))
@@ -85,7 +85,7 @@ async def test_support_raising_the_cap_unblocks_and_rearms_the_thresholds_ahead(
     assert await accrued(dbs, account) == Decimal("320.00")
 
 
-async def test_an_office_admin_may_not_change_the_cap(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_an_office_admin_may_not_change_the_cap(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     attempt = message(m.SetCallingCreditCap, account, NOV_10, actor=ADMIN, cap=Decimal("1000.00"))
     await stack.send("metering.commands", attempt)
@@ -97,7 +97,7 @@ async def test_an_office_admin_may_not_change_the_cap(stack: Bus, dbs) -> None: 
     )
 
 
-async def test_garbage_and_a_negative_cost_go_to_the_dlq_and_later_calls_still_accrue(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_garbage_and_a_negative_cost_go_to_the_dlq_and_later_calls_still_accrue(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     negative = call(account, "1.00").model_dump_json().replace('"cost":"1.00"', '"cost":"-5.00"').encode()
     absurd = call(account, "1.00").model_dump_json().replace('"cost":"1.00"', '"cost":"20000.00"').encode()
@@ -119,5 +119,5 @@ async def test_garbage_and_a_negative_cost_go_to_the_dlq_and_later_calls_still_a
     assert json.loads(json.dumps(garbage))["value_base64"]
 
 
-async def _equals(value, expected):  # type: ignore[no-untyped-def]
+async def _equals(value, expected):
     return (await value) == expected

@@ -23,13 +23,13 @@ from tests.support import ADMIN, BOOTSTRAP, Bus, message, new_account, scalar, w
 pytestmark = pytest.mark.stack
 
 
-async def test_an_opened_account_is_recorded_by_all_three_services(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_an_opened_account_is_recorded_by_all_three_services(stack: Bus, dbs) -> None:
     account = new_account()
     await stack.send("platform.accounts", message(m.AccountOpened, account, date(2026, 11, 3), billing_day=3))
     tables = {"license_orders": "accounts", "usage_metering": "accounts", "cycle_close": "billing_accounts"}
     for service, table in tables.items():
         day = await wait_until(
-            lambda s=service, t=table: scalar(dbs[s], f"select billing_day from {t} where account_id = :a", a=account),
+            lambda s=service, t=table: scalar(dbs[s], f"select billing_day from {t} where account_id = :a", a=account),  # type: ignore[misc]
             what=f"{service} to record the account",
         )
         assert day == 3
@@ -60,7 +60,7 @@ async def test_every_contract_message_round_trips_through_kafka_with_money_exact
     assert call.cost == Decimal("12.345678") and isinstance(call.cost, Decimal)
 
 
-async def test_a_rolled_back_transaction_publishes_nothing(stack: Bus, dbs) -> None:  # type: ignore[no-untyped-def]
+async def test_a_rolled_back_transaction_publishes_nothing(stack: Bus, dbs) -> None:
     registry = HandlerRegistry()
     account = new_account()
     would_be = m.CommandRejected(
@@ -95,7 +95,7 @@ async def test_a_rolled_back_transaction_publishes_nothing(stack: Bus, dbs) -> N
     assert stack.matching("licensing.events", message_id=str(would_be.message_id)) == []
 
 
-async def test_an_outbox_row_left_by_a_killed_process_is_published_once_after_restart(stack: Bus, dbs, workers) -> None:  # type: ignore[no-untyped-def]
+async def test_an_outbox_row_left_by_a_killed_process_is_published_once_after_restart(stack: Bus, dbs, workers) -> None:
     workers.stop("license_orders", signal.SIGKILL)
     left_behind = m.CommandRejected(
         message_id=uuid.uuid4(),
@@ -135,7 +135,7 @@ async def test_garbage_on_a_command_topic_goes_to_its_dlq_and_the_next_command_i
     assert {("not JSON" in x["error"]) or ("unreadable envelope" in x["error"]) for x in letters} == {True}
 
 
-async def test_a_worker_killed_mid_stream_ends_with_every_command_applied_once(stack: Bus, dbs, workers) -> None:  # type: ignore[no-untyped-def]
+async def test_a_worker_killed_mid_stream_ends_with_every_command_applied_once(stack: Bus, dbs, workers) -> None:
     account = await open_account(stack)
     await command(stack, m.PurchaseLicenses, account, product="user", quantity=150)
     invites = [

@@ -18,7 +18,7 @@ NOW = datetime(2026, 11, 16, 12, 30, tzinfo=UTC)
 BALANCE = m.Balance(purchased=3, assigned=1, scheduled_for_removal=1, available=1)
 
 
-def _base(**extra) -> dict:  # type: ignore[no-untyped-def]
+def _base(**extra) -> dict:
     return {"message_id": uuid.uuid4(), "account_id": "acct-1", "occurred_at": NOW, **extra}
 
 
