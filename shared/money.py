@@ -18,3 +18,11 @@ def money(value: str | int | Decimal) -> Decimal:
     if isinstance(value, float):  # pragma: no cover - guarded by typing too
         raise TypeError("money is never a float")
     return Decimal(value)
+
+
+def tidy(amount: Decimal) -> Decimal:
+    """The same amount with no trailing zeros past the cent (``130.000000`` -> ``130.00``)."""
+    cents = amount.quantize(CENT)
+    if cents == amount:
+        return cents
+    return amount.normalize()

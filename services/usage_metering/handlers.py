@@ -11,6 +11,7 @@ from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.storage import Account, MeterStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
+from shared.money import tidy
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
 
@@ -19,7 +20,7 @@ ALERTS = METERING_ALERTS.name
 
 
 def _alert_event(cause: Envelope, cycle: Cycle, alert: domain.Alert, part: str) -> m.Event:
-    common = {"accrued": alert.billable, "cap": alert.cap, "cycle_start": cycle.start}
+    common = {"accrued": tidy(alert.billable), "cap": alert.cap, "cycle_start": cycle.start}
     if alert.kind == "threshold":
         assert alert.threshold_percent in (50, 80, 100)
         return m.CallingCreditThresholdReached.caused_by(
@@ -107,7 +108,7 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
     await store.set_cap(account.account_id, command.cap)
     unit.emit(
         ALERTS,
-        m.CallingCreditCapChanged.caused_by(command, cap=command.cap, accrued=meter.billable, cycle_start=cycle.start),
+        m.CallingCreditCapChanged.caused_by(command, cap=command.cap, accrued=tidy(meter.billable), cycle_start=cycle.start),
     )
     _emit_alerts(unit, command, cycle, alerts)
 
