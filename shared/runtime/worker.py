@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from faststream import AckPolicy, Context, FastStream
 from faststream.kafka import KafkaBroker
@@ -115,8 +115,15 @@ def build_worker(
 
         subscriber(consume)
 
-    for topic in publishes:
-        broker.publisher(topic, description=BY_NAME[topic].description if topic in BY_NAME else topic)
+    for name in publishes:  # declared for the AsyncAPI document; the outbox relay does the sending
+        topic = BY_NAME.get(name.removesuffix(".dlq"))
+        if topic is None or name.endswith(".dlq"):
+            broker.publisher(
+                name,
+                description=f"Dead letters of {name.removesuffix('.dlq')}: original bytes, where from, error, when.",
+            )
+            continue
+        broker.publisher(name, description=topic.description, schema=Union[topic.messages])  # noqa: UP007
 
     app = FastStream(broker, specification=AsyncAPI(title=service, description=description))
 

@@ -194,3 +194,15 @@ def test_an_implausible_call_cost_is_refused(cost: str) -> None:
     )
     with pytest.raises(ValidationError):
         m.CallCharged.model_validate_json(raw)
+
+
+def test_the_committed_asyncapi_document_matches_the_contract_models() -> None:
+    import json
+    from pathlib import Path
+
+    from contracts.asyncapi import document
+
+    committed = json.loads((Path(__file__).parents[2] / "docs" / "asyncapi" / "contract.json").read_text())
+    assert committed == json.loads(json.dumps(document())), (
+        "run: python -m contracts.asyncapi > docs/asyncapi/contract.json"
+    )

@@ -234,7 +234,7 @@ amounts = st.decimals(min_value=0, max_value=100_000, places=6)
     recurring_prices=st.lists(st.decimals(min_value=0, max_value=500, places=3), max_size=4),
     proration_amounts=st.lists(amounts, max_size=4),
     accrued=amounts,
-    late_amounts=st.lists(amounts, max_size=3),
+    late_amounts=st.lists(st.decimals(min_value=Decimal("0.01"), max_value=100_000, places=6), max_size=3),
     device_prices=st.lists(st.decimals(min_value=0, max_value=5_000, places=2), max_size=3),
 )
 def test_every_line_is_in_cents_and_the_total_is_their_sum(

@@ -1,0 +1,52 @@
+"""Writes the AsyncAPI 3.0 document of the whole public contract from the topic registry.
+
+``python -m contracts.asyncapi > docs/asyncapi/contract.json``. Every topic, who may send
+what on it, and the JSON schema of every message (money as decimal strings).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from contracts.topics import TOPICS
+
+
+def document() -> dict[str, Any]:
+    models = sorted({model for topic in TOPICS for model in topic.messages}, key=lambda m: m.__name__)
+    _, schemas = models_json_schema(
+        [(model, "serialization") for model in models], ref_template="#/components/schemas/{model}"
+    )
+    channels: dict[str, Any] = {}
+    for topic in TOPICS:
+        channels[topic.name] = {
+            "address": topic.name,
+            "description": f"{topic.description} Key: account_id. Partitions: {topic.partitions}.",
+            "messages": {
+                model.__name__: {"$ref": f"#/components/messages/{model.__name__}"} for model in topic.messages
+            },
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "License billing: public contract",
+            "version": "1",
+            "description": "Envelope on every message: message_id, type, account_id, occurred_at, schema_version. "
+            "Commands carry actor {id, role}; events caused by a command carry causation_id. "
+            "Unreadable input goes to <topic>.dlq.",
+        },
+        "channels": channels,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "messages": {
+                model.__name__: {"name": model.__name__, "payload": {"$ref": f"#/components/schemas/{model.__name__}"}}
+                for model in models
+            },
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(document(), indent=2))
