@@ -9,6 +9,7 @@ from services.license_orders.storage import Account, LicenseStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import UnknownAccount
 
 registry = HandlerRegistry()
 EVENTS = LICENSING_EVENTS.name
@@ -33,8 +34,11 @@ async def _account(store: LicenseStore, command: m.Command) -> Account:
 
 @registry.on(m.AccountOpened)
 async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
+    await unit.lock_account(event.account_id)
     first = cycle_containing(event.billing_day, event.business_date)
     await LicenseStore(unit.session).open_account(event.account_id, event.billing_day, first)
+    for parked in await unit.release_parked(event.account_id):
+        await registry.dispatch(unit, parked)
 
 
 async def _quote(
@@ -157,9 +161,12 @@ async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
 async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
     """Answer cycle close with the cycle's license charges, and apply its removals (exactly once)."""
     store = LicenseStore(unit.session)
-    account = await store.account(request.account_id, lock=True)
+    account = await store.account(request.account_id, lock="update")
     if account is None:
-        raise ValueError(f"cycle close for unknown account {request.account_id}")
+        await unit.lock_account(request.account_id)  # opening right now? wait for it, then look again
+        account = await store.account(request.account_id, lock="update")
+    if account is None:
+        raise UnknownAccount(request.account_id)  # parked until its AccountOpened arrives
     already = await store.sealed_event(request.account_id, request.cycle_start)
     if already is not None:  # asked again: answer the same
         unit.outbox.append(

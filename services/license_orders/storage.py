@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -130,10 +130,11 @@ class LicenseStore:
         result: Any = await self.session.execute(statement)
         return bool(result.rowcount)
 
-    async def account(self, account_id: str, lock: bool = False) -> Account | None:
+    async def account(self, account_id: str, lock: Literal["share", "update"] = "share") -> Account | None:
+        """The account, locked: commands share it, a seal takes it exclusively, so a command never
+        works from an open cycle that a concurrent seal has just moved on."""
         query = sa.select(accounts).where(accounts.c.account_id == account_id)
-        if lock:
-            query = query.with_for_update()
+        query = query.with_for_update(read=lock == "share")
         row = (await self.session.execute(query)).first()
         if row is None:
             return None

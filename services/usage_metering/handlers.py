@@ -14,6 +14,7 @@ from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import UnknownAccount
 
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name
@@ -48,9 +49,13 @@ async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
     await unit.lock_account(event.account_id)
     first = cycle_containing(event.billing_day, event.business_date)
     await store.open_account(event.account_id, event.billing_day, domain.DEFAULT_CAP, first)
-    waiting = [p for p in await unit.release_parked(event.account_id) if isinstance(p, m.CallCharged)]
-    if waiting:
-        await calls_charged(unit, waiting)
+    parked = await unit.release_parked(event.account_id)
+    calls = [p for p in parked if isinstance(p, m.CallCharged)]
+    if calls:
+        await calls_charged(unit, calls)
+    for other in parked:
+        if not isinstance(other, m.CallCharged):
+            await registry.dispatch(unit, other)
 
 
 @registry.on_batch(m.CallCharged)
@@ -98,7 +103,7 @@ async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
 async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
     domain.authorize_cap_change(command.actor.role)
     store = MeterStore(unit.session)
-    account = (await store.accounts([command.account_id], lock=True)).get(command.account_id)
+    account = (await store.accounts([command.account_id], lock="update")).get(command.account_id)
     if account is None:
         raise Rejected("unknown_account", f"account {command.account_id} is not open")
     cycle = _current_cycle(account, command.business_date)
@@ -108,7 +113,9 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
     await store.set_cap(account.account_id, command.cap)
     unit.emit(
         ALERTS,
-        m.CallingCreditCapChanged.caused_by(command, cap=command.cap, accrued=tidy(meter.billable), cycle_start=cycle.start),
+        m.CallingCreditCapChanged.caused_by(
+            command, cap=command.cap, accrued=tidy(meter.billable), cycle_start=cycle.start
+        ),
     )
     _emit_alerts(unit, command, cycle, alerts)
 
@@ -117,9 +124,12 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
 async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
     """Report the cycle's accrual and earlier cycles' late usage; start the next cycle unblocked."""
     store = MeterStore(unit.session)
-    account = (await store.accounts([request.account_id], lock=True)).get(request.account_id)
+    account = (await store.accounts([request.account_id], lock="update")).get(request.account_id)
     if account is None:
-        raise ValueError(f"cycle close for unknown account {request.account_id}")
+        await unit.lock_account(request.account_id)  # opening right now? wait for it, then look again
+        account = (await store.accounts([request.account_id], lock="update")).get(request.account_id)
+    if account is None:
+        raise UnknownAccount(request.account_id)  # parked until its AccountOpened arrives
     already = await store.sealed_event(request.account_id, request.cycle_start)
     if already is not None:
         message_id = m.UsageCycleSealed.model_validate_json(already).message_id

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,11 +89,15 @@ class MeterStore:
             {"a": account_id, "d": billing_day, "c": cap, "s": first.start, "e": first.end},
         )
 
-    async def accounts(self, account_ids: Iterable[str], lock: bool = False) -> dict[str, Account]:
+    async def accounts(
+        self, account_ids: Iterable[str], lock: Literal["share", "update"] = "share"
+    ) -> dict[str, Account]:
+        """The accounts, locked in id order: calls share them, cap changes and seals take them
+        exclusively, so a batch of calls never works from an open cycle a seal has just moved on."""
         rows = await self.session.execute(
             sa.text(
                 "select account_id, billing_day, cap, open_cycle_start, open_cycle_end from accounts "
-                "where account_id = any(:ids)" + (" order by account_id for update" if lock else "")
+                f"where account_id = any(:ids) order by account_id for {'share' if lock == 'share' else 'update'}"
             ),
             {"ids": list(account_ids)},
         )

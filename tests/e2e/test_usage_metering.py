@@ -121,3 +121,17 @@ async def test_garbage_and_a_negative_cost_go_to_the_dlq_and_later_calls_still_a
 
 async def _equals(value, expected):
     return (await value) == expected
+
+
+async def test_calls_that_arrive_before_their_account_opens_are_kept_and_accrued_when_it_opens(stack: Bus, dbs) -> None:
+    account = new_account()
+    for n in range(3):
+        await stack.send("usage.calls", call(account, "2.50", call_id=f"early-{n}"))
+    await wait_until(
+        lambda: scalar(dbs["usage_metering"], "select count(*) = 3 from parked where account_id = :a", a=account),
+        what="the early calls to be parked",
+    )
+    await stack.send("platform.accounts", message(m.AccountOpened, account, NOV_1, billing_day=1))
+
+    await wait_until(lambda: _equals(accrued(dbs, account), Decimal("7.50")), what="the parked calls to accrue")
+    assert await scalar(dbs["usage_metering"], "select count(*) from parked where account_id = :a", a=account) == 0

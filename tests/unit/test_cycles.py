@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import date, timedelta
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -143,7 +144,7 @@ def test_consecutive_cycles_tile_three_years_without_gaps_or_overlaps(billing_da
     while cycles[-1].end <= horizon:
         cycles.append(next_cycle(billing_day, cycles[-1]))
 
-    for earlier, later in zip(cycles, cycles[1:], strict=False):
+    for earlier, later in pairwise(cycles):
         assert earlier.end == later.start
     assert len(cycles) in (37, 38)
 
@@ -196,7 +197,7 @@ def test_cycles_ending_by_returns_every_ended_cycle_in_order_and_nothing_more(bi
 
     if result:
         assert result[0] == first
-    for earlier, later in zip(result, result[1:], strict=False):
+    for earlier, later in pairwise(result):
         assert later == next_cycle(billing_day, earlier)
     assert all(c.end <= as_of for c in result)
     after = next_cycle(billing_day, result[-1]) if result else first

@@ -6,6 +6,7 @@ import re
 from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -303,7 +304,7 @@ def test_proration_plus_recurring_bills_each_license_day_exactly_once(at, price,
     # the periods charged tile [purchase day, end of the last cycle kept) without gap or overlap
     periods = [(s.period_start, s.period_end) for s in segments] + [(c.start, c.end) for c in recurring_periods]
     assert periods[0][0] == day
-    for (_, end), (start, _) in zip(periods, periods[1:], strict=False):
+    for (_, end), (start, _) in pairwise(periods):
         assert end == start
     assert segments[-1].period_end == open_cycle.end
     assert len(segments) == 1 + late_by
