@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
-from alembic.operations import Operations
 
 
-def create_runtime_tables(op: Operations) -> None:
+def create_runtime_tables(op: Any) -> None:
+    """Create the tables with alembic's ``op`` (the module proxy of ``Operations``)."""
     op.create_table(
         "inbox",
         sa.Column("message_id", sa.Uuid, primary_key=True),

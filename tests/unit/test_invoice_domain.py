@@ -194,6 +194,12 @@ def test_a_device_line_charges_unit_price_times_quantity():
     assert not line.late
 
 
+def test_a_device_amount_is_rounded_half_up_to_the_cent():
+    (line,) = lines_for(devices=[device(3, "0.125")])  # 0.375
+
+    assert line.amount == Decimal("0.38")
+
+
 def test_a_device_ordered_before_the_cycle_is_marked_late():
     (line,) = lines_for(devices=[device(1, "89.00", ordered_on=D(2026, 10, 31))])
 
@@ -235,7 +241,7 @@ amounts = st.decimals(min_value=0, max_value=100_000, places=6)
     proration_amounts=st.lists(amounts, max_size=4),
     accrued=amounts,
     late_amounts=st.lists(st.decimals(min_value=Decimal("0.01"), max_value=100_000, places=6), max_size=3),
-    device_prices=st.lists(st.decimals(min_value=0, max_value=5_000, places=2), max_size=3),
+    device_prices=st.lists(st.decimals(min_value=0, max_value=5_000, places=3), max_size=3),
 )
 def test_every_line_is_in_cents_and_the_total_is_their_sum(
     recurring_prices, proration_amounts, accrued, late_amounts, device_prices

@@ -228,6 +228,11 @@ def test_late_usage_bills_at_most_the_room_left_under_the_cap(start, costs):
 
 # ------------------------------------------------------------------ any sequence
 
+
+def reached(meter: Meter) -> set[int]:
+    return {p for p in domain.THRESHOLDS if meter.billable * 100 >= meter.cap * p}
+
+
 caps = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1000.00"), places=2)
 steps = st.lists(
     st.one_of(
@@ -257,6 +262,7 @@ def test_any_sequence_of_calls_cap_changes_and_cycles_keeps_the_meter_consistent
 
     for kind, value in steps:
         was_blocked = meter.blocked
+        reached_before = reached(meter) if kind != "cycle" else set()
         if kind == "call":
             meter, alerts = domain.accrue(meter, value)
             accrued_costs += value
@@ -271,15 +277,13 @@ def test_any_sequence_of_calls_cap_changes_and_cycles_keeps_the_meter_consistent
             fired_since_cap_change = []
 
         thresholds = [a.threshold_percent for a in alerts if a.kind == "threshold"]
+        # a threshold alerts exactly when it becomes reached (under the cap then in force)
+        assert set(thresholds) == reached(meter) - reached_before
+        assert meter.alerted == reached(meter)
         fired_since_cap_change += thresholds
         assert sorted(thresholds) == thresholds  # 50, 80, 100 in that order
         for percent in set(fired_since_cap_change):  # at most once per cycle and cap level
             assert fired_since_cap_change.count(percent) == 1
-        for percent in thresholds:  # a threshold alerts only once it is reached
-            assert meter.billable * 100 >= meter.cap * percent
-        for percent in domain.THRESHOLDS:  # and every reached threshold has alerted
-            if meter.billable * 100 >= meter.cap * percent:
-                assert percent in meter.alerted
 
         assert meter.billable <= highest_cap
         assert meter.billable + meter.over_cap == accrued_costs
