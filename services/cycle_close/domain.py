@@ -86,6 +86,8 @@ def invoice_lines(
             )
         )
     for late_usage in usage.late:
+        if to_cents(late_usage.amount) == 0:
+            continue  # under half a cent: nothing to bill, like a zero accrual
         lines.append(
             m.InvoiceLine(
                 kind="calling_credits",

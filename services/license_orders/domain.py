@@ -115,10 +115,22 @@ def proration_segments(
 
 
 def quote_purchase(
-    balance: Balance, quantity: int, unit_price: Decimal, purchase_day: date, billing_day: int, open_cycle: Cycle
+    balance: Balance,
+    quantity: int,
+    unit_price: Decimal,
+    purchase_day: date,
+    billing_day: int,
+    open_cycle: Cycle,
+    restorable: int | None = None,
 ) -> PurchaseQuote:
+    """``restorable``: scheduled removals still pending on ``purchase_day`` (default: all of them).
+
+    A removal whose date has passed (its cycle ended, the close has not run yet) is gone in
+    business time, so a purchase dated after it buys new licenses rather than restoring it.
+    """
     check_quantity(quantity)
-    restored = min(quantity, balance.scheduled_for_removal)
+    pending = balance.scheduled_for_removal if restorable is None else min(restorable, balance.scheduled_for_removal)
+    restored = min(quantity, pending)
     added = quantity - restored
     segments = proration_segments(unit_price, added, purchase_day, billing_day, open_cycle) if added else ()
     return PurchaseQuote(

@@ -48,8 +48,9 @@ async def _quote(
     if price is None:
         raise Rejected("unknown_product", f"{command.product} has no price in the catalog")
     balance = await store.balance(account.account_id, command.product)
+    restorable = await store.restorable(account.account_id, command.product, command.business_date)
     quote = domain.quote_purchase(
-        balance, command.quantity, price, command.business_date, account.billing_day, account.open_cycle
+        balance, command.quantity, price, command.business_date, account.billing_day, account.open_cycle, restorable
     )
     return balance, quote
 
@@ -82,7 +83,7 @@ async def purchase(unit: Unit, command: m.PurchaseLicenses) -> None:
     balance, quote = await _quote(store, account, command)
     after = domain.apply_purchase(balance, quote)
     if quote.quantity_restored:
-        await store.restore(account.account_id, command.product, quote.quantity_restored)
+        await store.restore(account.account_id, command.product, quote.quantity_restored, command.business_date)
     await store.record_purchase(account.account_id, command.product, command.business_date, quote, command.message_id)
     await store.save_balance(account.account_id, command.product, after)
     unit.emit(

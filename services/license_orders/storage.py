@@ -258,12 +258,29 @@ class LicenseStore:
             )
         )
 
-    async def restore(self, account_id: str, product: str, quantity: int) -> None:
-        """Take ``quantity`` licenses back from pending removals, the latest-effective first."""
+    async def restorable(self, account_id: str, product: str, day: date) -> int:
+        """Licenses scheduled for removal that are still pending on ``day`` (effective after it)."""
+        total = await self.session.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(removals.c.quantity), 0)).where(
+                removals.c.account_id == account_id,
+                removals.c.product == product,
+                ~removals.c.applied,
+                removals.c.effective_on > day,
+            )
+        )
+        return int(total or 0)
+
+    async def restore(self, account_id: str, product: str, quantity: int, day: date) -> None:
+        """Take ``quantity`` licenses back from removals pending on ``day``, the latest-effective first."""
         rows = (
             await self.session.execute(
                 sa.select(removals.c.id, removals.c.quantity)
-                .where(removals.c.account_id == account_id, removals.c.product == product, ~removals.c.applied)
+                .where(
+                    removals.c.account_id == account_id,
+                    removals.c.product == product,
+                    ~removals.c.applied,
+                    removals.c.effective_on > day,
+                )
                 .order_by(removals.c.effective_on.desc(), removals.c.id.desc())
                 .with_for_update()
             )

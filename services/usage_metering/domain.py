@@ -99,7 +99,12 @@ def change_cap(meter: Meter, new_cap: Decimal) -> tuple[Meter, list[Alert]]:
 
 
 def start_cycle(previous: Meter | None, current: Meter) -> tuple[Meter, list[Alert]]:
-    """A new cycle begins: calling is unblocked unless the new cycle is itself already at its cap."""
-    if previous is not None and previous.blocked and not current.blocked:
+    """A new cycle begins: calling is unblocked unless the new cycle is itself already at its cap
+    (a zero cap, or calls dated in it that arrived before the close): then it stays blocked."""
+    was_blocked = previous is not None and previous.blocked
+    if current.billable >= current.cap:
+        current, alerts = _new_alerts(current)
+        return current, [a for a in alerts if not (was_blocked and a.kind == "blocked")]
+    if was_blocked:
         return current, [Alert("unblocked", current.billable, current.cap, reason="new_cycle")]
     return current, []

@@ -133,3 +133,15 @@ async def test_invalid_quantity_and_unknown_product_are_refused_with_reason_code
 
     assert first["reason_code"] == "invalid_quantity"
     assert second["reason_code"] == "unknown_product"
+
+
+async def test_a_purchase_dated_after_a_removal_took_effect_buys_new_licenses_instead_of_restoring(stack: Bus) -> None:
+    account = await open_account(stack)
+    await command(stack, m.PurchaseLicenses, account, date(2026, 11, 1), product="user", quantity=5)
+    await command(stack, m.RemoveLicenses, account, date(2026, 11, 20), product="user", quantity=2)
+    # The November close has not run yet, but in business time the 2 left on Dec 1.
+    late = await command(stack, m.PurchaseLicenses, account, date(2026, 12, 5), product="user", quantity=2)
+
+    assert (late["quantity_restored"], late["quantity_added"]) == (0, 2)
+    assert late["prorated_amount"] == "26.13"  # 15.00 * 2 * 27 / 31
+    assert (late["cycle_start"], late["cycle_end"]) == ("2026-12-01", "2027-01-01")

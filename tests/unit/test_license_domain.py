@@ -520,13 +520,6 @@ def test_only_the_roles_in_the_spec_table_may_send_a_license_command(command_typ
 # ------------------------------------------------------------------ a purchase racing with a late close
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="defect: quote_purchase restores licenses whose removal already took effect (at the open cycle's end) "
-    "when the purchase is dated after that end but processed before the close; they are then billed for the "
-    "whole next cycle by the recurring line instead of prorated from the purchase day",
-)
 def test_a_purchase_costs_the_same_whether_it_is_processed_before_or_after_a_late_close():
     # 2 of 5 users were scheduled in November to leave on Dec 1. The November close runs late; meanwhile
     # the admin buys 2 users on Dec 5. December's charges must not depend on which is processed first.
@@ -540,11 +533,12 @@ def test_a_purchase_costs_the_same_whether_it_is_processed_before_or_after_a_lat
     bought = quote(closed, quantity=2, price=price, day=D(2026, 12, 5), open_cycle=december)
     close_first = to_cents(price * kept) + bought.prorated_amount  # 45.00 + 26.13
 
-    # the purchase first: it restores the 2 (already gone on Dec 5), the close then bills them all December
-    restored = quote(before, quantity=2, price=price, day=D(2026, 12, 5), open_cycle=november)
+    # the purchase first: it must not restore the 2 (gone since Dec 1); it adds 2 prorated from Dec 5
+    # (nothing is restorable: the only removal took effect on Dec 1, before the purchase date)
+    restored = domain.quote_purchase(before, 2, price, D(2026, 12, 5), 1, november, restorable=0)
     after = domain.apply_purchase(before, restored)
     _, kept = domain.seal(after, removing=after.scheduled_for_removal, bought_on_or_after_end=restored.quantity_added)
-    purchase_first = to_cents(price * kept) + restored.prorated_amount  # 75.00 + 0.00
+    purchase_first = to_cents(price * kept) + restored.prorated_amount  # 45.00 + 26.13
 
     assert close_first == Decimal("71.13")
     assert purchase_first == close_first

@@ -1,0 +1,694 @@
+"""What the three benchmark scripts share: the stack they run on, the workers as subprocesses,
+fast Kafka producing and reading, consumer-group offsets, CPU sampling and latency statistics.
+
+Benchmarks run on their own stack (not the test stack on 9092 / 55432), started with
+``STACK_DIR=/tmp/bench-stack KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 PG_PORT=55434
+bash deploy/stack.sh up``; see ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import OffsetAndMetadata
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_BOOTSTRAP = "127.0.0.1:29092"
+BENCH_PG_PORT = 55434
+DEFAULT_STACK_PORTS = ("9092", 55432)  # the test stack: benchmarks refuse it unless told otherwise
+SERVICE_GROUPS = {"license_orders": "license-orders", "usage_metering": "usage-metering", "cycle_close": "cycle-close"}
+SERVICE_INPUTS = {
+    "license_orders": ("platform.accounts", "licensing.commands", "billing.cycles"),
+    "usage_metering": ("platform.accounts", "usage.calls", "metering.commands", "billing.cycles"),
+    "cycle_close": ("platform.accounts", "billing.charges", "billing.commands", "licensing.events", "metering.usage"),
+}
+
+now = time.perf_counter  # the one clock every timing in the benchmarks uses
+
+
+# ------------------------------------------------------------------------------------------ the stack
+
+
+@dataclass(frozen=True)
+class Stack:
+    bootstrap: str
+    pg_host: str
+    pg_port: int
+    stack_dir: Path
+    log_dir: Path
+
+    def worker_env(self) -> dict[str, str]:
+        return {
+            "BILLING_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "BILLING_DATABASE_HOST": self.pg_host,
+            "BILLING_DATABASE_PORT": str(self.pg_port),
+            "BILLING_LOG_FORMAT": "text",
+        }
+
+    def dsn(self, database: str) -> str:
+        user = os.environ.get("BILLING_DATABASE_USER", "billing")
+        password = os.environ.get("BILLING_DATABASE_PASSWORD", "billing")
+        return f"postgresql://{user}:{password}@{self.pg_host}:{self.pg_port}/{database}"
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("stack (defaults: BILLING_* env vars, else the separate bench stack)")
+    group.add_argument(
+        "--bootstrap", default=os.environ.get("BILLING_KAFKA_BOOTSTRAP_SERVERS", BENCH_BOOTSTRAP), help="Kafka"
+    )
+    group.add_argument("--pg-host", default=os.environ.get("BILLING_DATABASE_HOST", "127.0.0.1"))
+    group.add_argument("--pg-port", type=int, default=int(os.environ.get("BILLING_DATABASE_PORT", BENCH_PG_PORT)))
+    group.add_argument(
+        "--stack-dir",
+        type=Path,
+        default=Path(os.environ.get("STACK_DIR", "/tmp/bench-stack")),
+        help="the STACK_DIR the stack was started with (only used to find the broker and postgres pids for CPU figures)",
+    )
+    group.add_argument("--log-dir", type=Path, default=ROOT / ".stack" / "bench-logs", help="worker logs")
+    group.add_argument(
+        "--allow-default-stack",
+        action="store_true",
+        help="allow Kafka :9092 / PostgreSQL :55432 (the test stack other people use); refused otherwise",
+    )
+
+
+def stack_from(args: argparse.Namespace) -> Stack:
+    on_default = args.bootstrap.endswith(":" + DEFAULT_STACK_PORTS[0]) or args.pg_port == DEFAULT_STACK_PORTS[1]
+    if on_default and not args.allow_default_stack:
+        raise SystemExit(
+            f"refusing to benchmark on the shared test stack ({args.bootstrap}, postgres :{args.pg_port}); "
+            f"start the bench stack (docs/benchmarks.md) or pass --allow-default-stack"
+        )
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(args.bootstrap, args.pg_host, args.pg_port, args.stack_dir, args.log_dir)
+    # deploy.provision and deploy.client read the bootstrap from the environment.
+    os.environ["BILLING_KAFKA_BOOTSTRAP_SERVERS"] = stack.bootstrap
+    return stack
+
+
+def run_prefix(tag: str) -> str:
+    """A fresh account-id prefix per run, so runs share a stack without seeing each other's data."""
+    return f"{tag}{datetime.now(UTC):%m%d%H%M%S}{secrets.token_hex(2)}"
+
+
+def banner(title: str, stack: Stack, **sizes: Any) -> None:
+    print(f"== {title}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
+    print(f"   stack: kafka {stack.bootstrap}, postgres {stack.pg_host}:{stack.pg_port}; {os.cpu_count()} cores")
+    overrides = {k: v for k, v in os.environ.items() if k.startswith("BILLING_") and "PASSWORD" not in k}
+    overrides.pop("BILLING_KAFKA_BOOTSTRAP_SERVERS", None)
+    overrides.pop("BILLING_DATABASE_PORT", None)
+    if overrides:
+        print(f"   worker settings from the environment: {overrides}")
+    if sizes:
+        print("   sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    sys.stdout.flush()
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -------------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class Worker:
+    name: str
+    service: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started_at: float
+
+
+class Workers:
+    """The services as real processes (``python -m services.<name>``) pointed at the bench stack."""
+
+    def __init__(self, stack: Stack, run: str) -> None:
+        self.stack = stack
+        self.run = run
+        self.running: dict[str, Worker] = {}
+        self._count = 0
+
+    def start(self, service: str, name: str | None = None, **env: str) -> Worker:
+        name = name or service
+        self._count += 1
+        log = self.stack.log_dir / f"{self.run}-{self._count:02d}-{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.stack.worker_env(), **env},
+            )
+        worker = Worker(name, service, proc, log, now())
+        self.running[name] = worker
+        return worker
+
+    async def wait_ready(self, name: str, timeout: float = 120.0) -> float:
+        """Wait for the worker's "worker started" log line; returns when it was seen (``now()``)."""
+        worker = self.running[name]
+        deadline = now() + timeout
+        while now() < deadline:
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {worker.proc.returncode}:\n{tail(worker.log)}")
+            if b"worker started" in worker.log.read_bytes():
+                return now()
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{name} not ready after {timeout} s:\n{tail(worker.log)}")
+
+    async def start_ready(self, service: str, name: str | None = None, **env: str) -> float:
+        worker = self.start(service, name, **env)
+        return await self.wait_ready(worker.name)
+
+    def stop(self, name: str, timeout: float = 30.0) -> None:
+        worker = self.running.pop(name)
+        if worker.proc.poll() is None:
+            worker.proc.terminate()
+            try:
+                worker.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+    def pids(self) -> dict[str, int]:
+        return {name: w.proc.pid for name, w in self.running.items() if w.proc.poll() is None}
+
+    def check_alive(self) -> None:
+        for name, worker in self.running.items():
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"{name} died (exit {worker.proc.returncode}):\n{tail(worker.log)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ------------------------------------------------------------------------------------- CPU sampling
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, utime+stime ticks, start time ticks) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def _uptime_ticks() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * CLK_TCK)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuSampler:
+    """CPU use of the processes that matter (workers, broker, PostgreSQL, this script) over a phase.
+
+    Reads ``/proc`` once a second from a thread. Figures are % of one core (200 % = both cores).
+    """
+
+    def __init__(self, stack: Stack, workers: Workers) -> None:
+        self.stack = stack
+        self.workers = workers
+
+    def _groups(self) -> dict[str, set[int]]:
+        groups: dict[str, set[int]] = {name: {pid} for name, pid in self.workers.pids().items()}
+        kafka = _read_pid(self.stack.stack_dir / "kafka" / "broker.pid")
+        if kafka:
+            groups["kafka"] = {kafka}
+        pg_root = None
+        with contextlib.suppress(OSError):
+            pg_root = Path((self.stack.stack_dir / "postgres.path").read_text().strip())
+        postmaster = _read_pid(pg_root / "data" / "postmaster.pid") if pg_root else None
+        if postmaster:
+            members = {postmaster}
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    stat = _stat(int(entry.name))
+                    if stat and stat[0] == postmaster:
+                        members.add(int(entry.name))
+            groups["postgres"] = members
+        groups["bench"] = {os.getpid()}
+        return groups
+
+    @contextlib.contextmanager
+    def phase(self, label: str) -> Iterator[dict[str, tuple[float, float]]]:
+        """Sample during the ``with`` block; the yielded dict is filled with {group: (avg %, peak %)}."""
+        result: dict[str, tuple[float, float]] = {}
+        stop = threading.Event()
+        start_ticks = _uptime_ticks()
+        started = now()
+        seen: dict[int, int] = {}
+        totals: dict[str, int] = {}
+        peaks: dict[str, float] = {}
+
+        def sample() -> dict[str, int]:
+            deltas: dict[str, int] = {}
+            for group, pids in self._groups().items():
+                for pid in pids:
+                    stat = _stat(pid)
+                    if stat is None:
+                        continue
+                    _, ticks, born = stat
+                    before = seen.get(pid, 0 if born >= start_ticks else ticks)
+                    seen[pid] = ticks
+                    deltas[group] = deltas.get(group, 0) + max(0, ticks - before)
+            return deltas
+
+        def loop() -> None:
+            sample()
+            last = now()
+            while not stop.wait(1.0):
+                deltas = sample()
+                elapsed = max(now() - last, 1e-6)
+                last = now()
+                for group, ticks in deltas.items():
+                    totals[group] = totals.get(group, 0) + ticks
+                    peaks[group] = max(peaks.get(group, 0.0), 100.0 * ticks / CLK_TCK / elapsed)
+
+        thread = threading.Thread(target=loop, name=f"cpu-{label}", daemon=True)
+        thread.start()
+        try:
+            yield result
+        finally:
+            stop.set()
+            thread.join()
+            for group, ticks in sample().items():
+                totals[group] = totals.get(group, 0) + ticks
+            elapsed = max(now() - started, 1e-6)
+            for group, ticks in sorted(totals.items(), key=lambda kv: -kv[1]):
+                result[group] = (100.0 * ticks / CLK_TCK / elapsed, peaks.get(group, 0.0))
+            say(f"   CPU during {label} ({elapsed:.1f} s; % of one core, avg/peak-1s): {format_cpu(result)}")
+
+
+def format_cpu(result: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{group} {avg:.0f}/{peak:.0f}" for group, (avg, peak) in result.items())
+
+
+# ---------------------------------------------------------------------------------------------- Kafka
+
+
+async def provision(stack: Stack) -> None:
+    from deploy.provision import create_topics
+
+    await create_topics(stack.bootstrap)
+
+
+async def ensure_topic(stack: Stack, name: str, partitions: int) -> None:
+    """A benchmark-only topic (e.g. for the raw round trip), created explicitly, never auto-created."""
+    from aiokafka.admin import NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        if name not in await admin.list_topics():
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+class KeyPartitioner:
+    """The producer's default key partitioning (murmur2), cached per key: same partition as ``send(key=...)``."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._cache: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes) -> int:
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return found
+
+
+def producer(stack: Stack, linger_ms: int = 20) -> AIOKafkaProducer:
+    """Like a platform producer that loses nothing (acks=all, idempotent), batching for throughput."""
+    return AIOKafkaProducer(
+        bootstrap_servers=stack.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=60000,
+    )
+
+
+async def produce_batched(
+    producer: AIOKafkaProducer, topic: str, partitions: int, records: Iterable[tuple[bytes, bytes]]
+) -> int:
+    """Send (key, value) records in full per-partition batches without awaiting each; returns the count."""
+    partition_of = KeyPartitioner(partitions)
+    builders: dict[int, Any] = {}
+    pending: list[asyncio.Future[Any]] = []
+    count = 0
+    for key, value in records:
+        p = partition_of(key)
+        builder = builders.get(p)
+        if builder is None:
+            builder = builders[p] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None) is None:
+            pending.append(await producer.send_batch(builder, topic, partition=p))
+            builder = builders[p] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch")
+        count += 1
+        if len(pending) > 200:  # bound what is in flight
+            await asyncio.gather(*pending)
+            pending.clear()
+    for p, builder in builders.items():
+        if builder.record_count():
+            pending.append(await producer.send_batch(builder, topic, partition=p))
+    await asyncio.gather(*pending)
+    return count
+
+
+async def end_offsets(stack: Stack, topics: Sequence[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(topic)
+    if not found:
+        raise RuntimeError(f"topic {topic} not found (python -m deploy.provision)")
+    return set(found)
+
+
+class Admin:
+    """Consumer-group offsets and state through aiokafka's admin client."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.client = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap, request_timeout_ms=30000)
+
+    async def __aenter__(self) -> Admin:
+        await self.client.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def committed(self, group: str, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        found = await self.client.list_consumer_group_offsets(group, partitions=list(partitions))
+        return {tp: found[tp].offset if tp in found else -1 for tp in partitions}
+
+    async def state(self, group: str) -> tuple[str, int]:
+        [response] = await self.client.describe_consumer_groups([group])
+        entry = response.groups[0]
+        return entry[2], len(entry[5])
+
+    async def lag(self, group: str, topics: Sequence[str]) -> int:
+        """Records in ``topics`` the group has not committed yet (no commit counts from the log start)."""
+        ends = await end_offsets(self.stack, topics)
+        committed = await self.committed(group, list(ends))
+        starts = await _beginning_offsets(self.stack, list(ends))
+        return sum(max(0, end - (committed[tp] if committed[tp] >= 0 else starts[tp])) for tp, end in ends.items())
+
+    async def wait_caught_up(self, group: str, topics: Sequence[str], timeout: float, what: str) -> float:
+        """Wait until the group has committed everything in ``topics``; returns the seconds it took."""
+        started = now()
+        deadline = started + timeout
+        while True:
+            remaining = await self.lag(group, topics)
+            if remaining == 0:
+                return now() - started
+            if now() > deadline:
+                raise TimeoutError(f"{what}: {group} still {remaining} records behind after {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+
+    async def wait_empty(self, group: str, timeout: float = 60.0) -> None:
+        deadline = now() + timeout
+        while True:
+            state, members = await self.state(group)
+            if members == 0:
+                return
+            if now() > deadline:
+                raise TimeoutError(f"group {group} still {state} with {members} members after {timeout} s")
+            await asyncio.sleep(0.2)
+
+
+async def _beginning_offsets(stack: Stack, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
+        return starts
+    finally:
+        await consumer.stop()
+
+
+async def set_group_offsets(stack: Stack, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for ``group`` (which must have no members: stop its workers first)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
+    finally:
+        await consumer.stop()
+
+
+class Reader:
+    """Reads topics from their end as of ``start()``; calls ``on_record(arrival, record)`` for each record.
+
+    ``arrival`` is ``now()`` when ``getmany`` handed the records over.
+    """
+
+    def __init__(self, stack: Stack, topics: Sequence[str], on_record: Callable[[float, ConsumerRecord[Any, Any]], None]):
+        self.stack = stack
+        self.topics = topics
+        self.on_record = on_record
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.bootstrap, enable_auto_commit=False)
+        await self.consumer.start()
+        partitions = [TopicPartition(t, p) for t in self.topics for p in await _partitions(self.consumer, t)]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve positions now, so nothing sent after start() is missed
+            await self.consumer.position(tp)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100, max_records=10000)
+            arrival = now()
+            for records in batches.values():
+                self.count += len(records)
+                for record in records:
+                    self.on_record(arrival, record)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+    def check(self) -> None:
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.result()  # raise what killed the reader
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]] | Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    progress: Callable[[], str] | None = None,
+    progress_every: float = 10.0,
+) -> float:
+    """Poll ``check`` (sync or async) until truthy; returns the seconds it took. Bounded by ``timeout``."""
+    started = now()
+    next_report = started + progress_every
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return now() - started
+        if now() - started > timeout:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        if progress is not None and now() >= next_report:
+            say(f"   ... {what}: {progress()} ({now() - started:.0f} s)")
+            next_report = now() + progress_every
+        await asyncio.sleep(interval)
+
+
+# ------------------------------------------------------------------------------------ open-loop load
+
+
+@dataclass
+class OpenLoopResult:
+    sent: int
+    duration: float
+    send_lag: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+async def open_loop(
+    producer: AIOKafkaProducer,
+    items: Sequence[tuple[float, str, int, bytes, bytes]],
+    start: float,
+) -> OpenLoopResult:
+    """Send ``(offset_s, topic, partition, key, value)`` items at ``start + offset_s`` (open loop).
+
+    A slow system does not slow the schedule down: each item keeps its intended time, and how
+    late the sender itself was is returned (``send_lag``) so it can be told apart from the system.
+    """
+    result = OpenLoopResult(sent=0, duration=0.0)
+    futures: list[asyncio.Future[Any]] = []
+    i = 0
+    n = len(items)
+    while i < n:
+        elapsed = now() - start
+        due = items[i][0]
+        if due > elapsed:
+            await asyncio.sleep(due - elapsed)
+            continue
+        while i < n and items[i][0] <= now() - start:
+            offset, topic, partition, key, value = items[i]
+            futures.append(await producer.send(topic, value, key=key, partition=partition))
+            result.send_lag.append(now() - start - offset)
+            i += 1
+        if len(futures) > 5000:
+            result.errors += sum(1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException))
+            futures.clear()
+    result.errors += sum(1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException))
+    result.sent = n
+    result.duration = now() - start
+    return result
+
+
+# ----------------------------------------------------------------------------------------- PostgreSQL
+
+
+async def connect(stack: Stack, database: str) -> asyncpg.Connection:
+    return await asyncpg.connect(stack.dsn(database))
+
+
+async def fetchval(stack: Stack, database: str, query: str, *params: Any) -> Any:
+    conn = await connect(stack, database)
+    try:
+        return await conn.fetchval(query, *params)
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------------------------------ messages
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def micro_cost(rng: random.Random, low: int = 10_000, high: int = 3_000_000) -> int:
+    """A call cost in micro-USD between 0.01 and 3.00, skewed to short cheap calls (u squared)."""
+    return low + int((high - low) * rng.random() ** 2)
+
+
+def money_text(micros: int) -> str:
+    """Micro-USD as the contract's decimal string with 6 places (``1234567`` -> ``"1.234567"``)."""
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def call_json(message_id: str, account_id: str, occurred_at: str, call_id: str, cost: str) -> bytes:
+    """A ``CallCharged`` serialised by hand (the contract's fields, same JSON pydantic writes)."""
+    return (
+        f'{{"message_id":"{message_id}","type":"CallCharged","account_id":"{account_id}",'
+        f'"occurred_at":"{occurred_at}","schema_version":1,"causation_id":null,'
+        f'"call_id":"{call_id}","cost":"{cost}"}}'
+    ).encode()
+
+
+def account_opened_json(message_id: str, account_id: str, occurred_at: str, billing_day: int = 1) -> bytes:
+    return (
+        f'{{"message_id":"{message_id}","type":"AccountOpened","account_id":"{account_id}",'
+        f'"occurred_at":"{occurred_at}","schema_version":1,"causation_id":null,'
+        f'"billing_day":{billing_day},"currency":"USD"}}'
+    ).encode()
+
+
+def check_contract(model: Any, sample: bytes) -> None:
+    """Fail fast if a hand-written message is not what the contract model reads."""
+    model.model_validate_json(sample)
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(-(-p * len(sorted_values) // 100))))
+    return sorted_values[rank - 1]
+
+
+def latency_line(values_s: Sequence[float]) -> str:
+    ordered = sorted(values_s)
+    if not ordered:
+        return "no samples"
+    ms = [1000 * percentile(ordered, p) for p in (50, 90, 99)]
+    return f"p50 {ms[0]:.1f} ms, p90 {ms[1]:.1f} ms, p99 {ms[2]:.1f} ms, max {1000 * ordered[-1]:.1f} ms (n={len(ordered)})"
+
+
+def p99_ms(values_s: Sequence[float]) -> float:
+    return 1000 * percentile(sorted(values_s), 99)
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def run_main(main: Callable[[], Awaitable[int]]) -> None:
+    try:
+        code = asyncio.run(main())
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)
