@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -419,18 +419,28 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 
 class Admin:
-    """Consumer-group offsets and state through aiokafka's admin client."""
+    """Consumer-group offsets and state (aiokafka's admin client), and topic end offsets."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.client = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap, request_timeout_ms=30000)
+        self.offsets = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
 
     async def __aenter__(self) -> Admin:
         await self.client.start()
+        await self.offsets.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.offsets.stop()
         await self.client.close()
+
+    async def partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in topics for p in sorted(await _partitions(self.offsets, t))]
+
+    async def ends(self, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        found: dict[TopicPartition, int] = await self.offsets.end_offsets(await self.partitions(topics))
+        return found
 
     async def committed(self, group: str, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         found = await self.client.list_consumer_group_offsets(group, partitions=list(partitions))
@@ -443,21 +453,25 @@ class Admin:
 
     async def lag(self, group: str, topics: Sequence[str]) -> int:
         """Records in ``topics`` the group has not committed yet (no commit counts from the log start)."""
-        ends = await end_offsets(self.stack, topics)
+        ends = await self.ends(topics)
         committed = await self.committed(group, list(ends))
-        starts = await _beginning_offsets(self.stack, list(ends))
+        starts: dict[TopicPartition, int] = await self.offsets.beginning_offsets(list(ends))
         return sum(max(0, end - (committed[tp] if committed[tp] >= 0 else starts[tp])) for tp, end in ends.items())
 
     async def wait_caught_up(self, group: str, topics: Sequence[str], timeout: float, what: str) -> float:
         """Wait until the group has committed everything in ``topics``; returns the seconds it took."""
         started = now()
         deadline = started + timeout
+        next_report = started + 15
         while True:
             remaining = await self.lag(group, topics)
             if remaining == 0:
                 return now() - started
             if now() > deadline:
                 raise TimeoutError(f"{what}: {group} still {remaining} records behind after {timeout:.0f} s")
+            if now() > next_report:
+                say(f"   ... {what}: {group} {remaining:,} records behind ({now() - started:.0f} s)")
+                next_report = now() + 15
             await asyncio.sleep(0.5)
 
     async def wait_empty(self, group: str, timeout: float = 60.0) -> None:
@@ -471,14 +485,37 @@ class Admin:
             await asyncio.sleep(0.2)
 
 
-async def _beginning_offsets(stack: Stack, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
-        return starts
-    finally:
-        await consumer.stop()
+class BacklogMonitor:
+    """Samples how far a group's commits trail the topic's end, in the background (max and mean)."""
+
+    def __init__(self, admin: Admin, group: str, topics: Sequence[str], interval: float = 0.2) -> None:
+        self.admin = admin
+        self.group = group
+        self.topics = topics
+        self.interval = interval
+        self.samples: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        partitions = await self.admin.partitions(self.topics)
+        while True:
+            ends: dict[TopicPartition, int] = await self.admin.offsets.end_offsets(partitions)
+            committed = await self.admin.committed(self.group, partitions)
+            self.samples.append(sum(max(0, end - committed[tp]) for tp, end in ends.items() if committed[tp] >= 0))
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "no samples"
+        return f"max {max(self.samples):,}, mean {sum(self.samples) / len(self.samples):,.0f} records (n={len(self.samples)})"
 
 
 async def set_group_offsets(stack: Stack, group: str, offsets: dict[TopicPartition, int]) -> None:
@@ -498,7 +535,9 @@ class Reader:
     ``arrival`` is ``now()`` when ``getmany`` handed the records over.
     """
 
-    def __init__(self, stack: Stack, topics: Sequence[str], on_record: Callable[[float, ConsumerRecord[Any, Any]], None]):
+    def __init__(
+        self, stack: Stack, topics: Sequence[str], on_record: Callable[[float, ConsumerRecord[Any, Any]], None]
+    ):
         self.stack = stack
         self.topics = topics
         self.on_record = on_record
@@ -597,9 +636,13 @@ async def open_loop(
             result.send_lag.append(now() - start - offset)
             i += 1
         if len(futures) > 5000:
-            result.errors += sum(1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException))
+            result.errors += sum(
+                1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException)
+            )
             futures.clear()
-    result.errors += sum(1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException))
+    result.errors += sum(
+        1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException)
+    )
     result.sent = n
     result.duration = now() - start
     return result
@@ -686,7 +729,8 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
-def run_main(main: Callable[[], Awaitable[int]]) -> None:
+def run_main(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    code: int
     try:
         code = asyncio.run(main())
     except KeyboardInterrupt:

@@ -33,6 +33,8 @@ class ServiceSettings(BaseSettings):
     batch_timeout_ms: int = 5
     relay_batch_size: int = 2000
     relay_poll_interval_s: float = 0.05
+    fault_crash_before_commit: int = 0
+    fault_crash_after_commit: int = 0
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -34,7 +34,7 @@ def at(day: date, hour: int = 12) -> datetime:
 
 
 def database(name: str) -> AsyncEngine:
-    return create_async_engine(PG.format(port=PG_PORT, db=name), pool_size=2)
+    return create_async_engine(PG.format(port=PG_PORT, db=name), pool_size=2, pool_pre_ping=True)
 
 
 async def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,23 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | ConnectionError | TimeoutError | sa.exc.TimeoutError)
 
 
+@dataclass
+class CrashPoints:
+    """Fault injection for the crash tests: die like SIGKILL (no clean-up) in the Nth batch,
+    just before its database commit or just after it (before the Kafka offsets are committed).
+    0 = never. Set through ``BILLING_FAULT_CRASH_BEFORE_COMMIT`` / ``..._AFTER_COMMIT``."""
+
+    before_commit: int = 0
+    after_commit: int = 0
+    batches: int = 0
+
+    def check(self, point: str) -> None:
+        if getattr(self, point) and self.batches == getattr(self, point):
+            log.error("fault injection: crashing %s of batch %d", point.replace("_", " "), self.batches)
+            logging.shutdown()
+            os._exit(137)
+
+
 class BatchProcessor:
     def __init__(
         self,
@@ -142,12 +160,14 @@ class BatchProcessor:
         registry: HandlerRegistry,
         on_commit: Callable[[], None] = lambda: None,
         max_backoff_s: float = 5.0,
+        crash_points: CrashPoints | None = None,
     ) -> None:
         self.service = service
         self.sessions = sessions
         self.registry = registry
         self.on_commit = on_commit
         self.max_backoff_s = max_backoff_s
+        self.crash_points = crash_points or CrashPoints()
 
     async def process(self, records: Sequence[Record]) -> None:
         """Process a batch until its effect is committed; returns only then (or raises on cancel)."""
@@ -228,6 +248,9 @@ class BatchProcessor:
                 await self.registry.batch[message_type](unit, messages)
             await self._write_dead_letters(unit, dead)
             await unit.flush()
+            self.crash_points.batches += 1
+            self.crash_points.check("before_commit")
+        self.crash_points.check("after_commit")
         if unit.outbox:
             self.on_commit()
 

@@ -22,7 +22,7 @@ from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
 from shared.logs import configure_logging
 from shared.runtime.codec import Record
-from shared.runtime.processor import BatchProcessor, HandlerRegistry
+from shared.runtime.processor import BatchProcessor, CrashPoints, HandlerRegistry
 from shared.runtime.relay import OutboxRelay
 from shared.settings import ServiceSettings
 
@@ -90,7 +90,13 @@ def build_worker(
         batch_size=settings.relay_batch_size,
         poll_interval_s=settings.relay_poll_interval_s,
     )
-    processor = BatchProcessor(service, sessions, registry, on_commit=relay.wake)
+    processor = BatchProcessor(
+        service,
+        sessions,
+        registry,
+        on_commit=relay.wake,
+        crash_points=CrashPoints(settings.fault_crash_before_commit, settings.fault_crash_after_commit),
+    )
 
     for subscription in subscriptions:
         subscriber = broker.subscriber(

@@ -1,0 +1,636 @@
+"""Usage metering benchmark: a million charged calls, the raw limits, a replay, and alert latency.
+
+1. Opens ``--accounts`` accounts (the metering worker records them), stops the worker, then
+   fills ``usage.calls`` with ``--events`` realistic ``CallCharged`` (costs 0.01-3.00 USD with
+   6 decimals, ~1 % duplicate reports), pre-serialised and sent in batches.
+2. (a) raw limits, same run: a bare aiokafka consumer (``getmany`` + ``json.loads``, nothing else)
+   reading exactly that range, and a bare asyncpg set-based insert of the same rows.
+3. (b) starts the worker with the group's offsets at the start of the range and times it until
+   the ``usage-metering`` group has committed the end of the range; checks the accrual.
+4. (c) replay: stops the worker, rewinds the group to the start of the range, lets it process
+   the same events again, and shows the accrual (meters, calls) did not change.
+5. (d) open-loop alert latency at half the sustained rate: background calls plus calls that take
+   "armed" accounts (sitting just under 50/80/100 % of the cap) over a threshold; latency is the
+   ``CallingCreditThresholdReached`` arrival minus the crossing call's intended send time.
+
+Targets: >= 25,000 events/s, >= 40 % of the raw consumer rate, alert p99 <= 100 ms.
+Run ``python -m bench.bench_usage_metering --help``; docs/benchmarks.md has the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bench.common import (
+    SERVICE_GROUPS,
+    Admin,
+    BacklogMonitor,
+    CpuSampler,
+    KeyPartitioner,
+    Reader,
+    Stack,
+    Workers,
+    account_opened_json,
+    add_stack_arguments,
+    banner,
+    call_json,
+    check_contract,
+    connect,
+    end_offsets,
+    latency_line,
+    micro_cost,
+    money_text,
+    new_id,
+    now,
+    open_loop,
+    p99_ms,
+    percentile,
+    produce_batched,
+    producer,
+    provision,
+    run_main,
+    run_prefix,
+    say,
+    set_group_offsets,
+    stack_from,
+    verdict,
+    wait_for,
+)
+from contracts.messages import AccountOpened, CallCharged
+from contracts.topics import PLATFORM_ACCOUNTS, USAGE_CALLS
+
+SERVICE = "usage_metering"
+GROUP = SERVICE_GROUPS[SERVICE]
+CALLS = USAGE_CALLS.name
+OPENED_AT = "2027-03-01T00:00:00+00:00"  # billing day 1: the open cycle is 2027-03-01..2027-04-01
+CYCLE_DAYS = 30  # calls fall on March 1..30
+CAP_MICROS = 250_000_000  # the default cap, 250.00
+ARMED_LEVELS = (124_990_000, 199_990_000, 249_990_000)  # just under 50 %, 80 %, 100 % of the cap
+THRESHOLD_OF_LEVEL = {124_990_000: 50, 199_990_000: 80, 249_990_000: 100}
+TRIGGER_COST = 500_000  # 0.50: takes an armed account over its threshold
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_usage_metering",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--events", type=int, default=1_000_000, help="CallCharged events to fill (default 1,000,000)")
+    parser.add_argument("--accounts", type=int, default=10_000, help="accounts the calls spread over (default 10,000)")
+    parser.add_argument("--dup-rate", type=float, default=0.01, help="share of duplicate reports (default 0.01)")
+    parser.add_argument("--alert-seconds", type=float, default=20.0, help="open-loop alert phase length (default 20)")
+    parser.add_argument(
+        "--alert-rate",
+        type=int,
+        default=0,
+        help="calls/s in the alert phase (default: half the measured sustained rate)",
+    )
+    parser.add_argument("--crossings", type=int, default=20, help="threshold-crossing calls per second (default 20)")
+    parser.add_argument("--skip-replay", action="store_true", help="skip (c)")
+    parser.add_argument("--skip-alerts", action="store_true", help="skip (d)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="bound on each waiting phase, seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 50,000 events, 1,000 accounts, 5 s alert phase"
+    )
+    add_stack_arguments(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.accounts, args.alert_seconds = 50_000, 1_000, 5.0
+    return args
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str]:
+    """Account ids of this run sort between these (ids use [A-Za-z0-9_-], all below '~')."""
+    return f"{prefix}-", f"{prefix}-~"
+
+
+@dataclass
+class Fill:
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    unique: int = 0
+    duplicates: int = 0
+    total_micros: int = 0
+    raw_accounts: list[str] = field(default_factory=list)
+    raw_calls: list[str] = field(default_factory=list)
+    raw_costs: list[str] = field(default_factory=list)
+
+
+def occurred_at(i: int, n: int) -> str:
+    t = i * CYCLE_DAYS * 86400 // max(n, 1)
+    day, rest = divmod(t, 86400)
+    return f"2027-03-{day + 1:02d}T{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}+00:00"
+
+
+def make_fill(prefix: str, accounts: int, events: int, dup_rate: float, rng: random.Random) -> Fill:
+    """The calls, pre-serialised: each (key, value); ~dup_rate of them report an earlier call again.
+
+    Half the duplicates are redeliveries (same message, same message_id), half re-reports
+    (same call_id, new message_id): the inbox drops the first kind, the calls table the second.
+    """
+    fill = Fill()
+    recent: list[tuple[str, str, str, int, bytes]] = []  # account, call id, occurred_at, cost, value
+    for i in range(events):
+        if recent and rng.random() < dup_rate:
+            account, call_id, when, cost, value = recent[rng.randrange(len(recent))]
+            if rng.random() < 0.5:
+                value = call_json(new_id(), account, when, call_id, money_text(cost))
+            fill.duplicates += 1
+        else:
+            account = f"{prefix}-{rng.randrange(accounts):05d}"
+            call_id = f"call-{i:08d}"
+            when = occurred_at(i, events)
+            cost = micro_cost(rng)
+            value = call_json(new_id(), account, when, call_id, money_text(cost))
+            fill.unique += 1
+            fill.total_micros += cost
+            if len(recent) < 5000:
+                recent.append((account, call_id, when, cost, value))
+            else:
+                recent[rng.randrange(5000)] = (account, call_id, when, cost, value)
+        fill.records.append((account.encode(), value))
+        fill.raw_accounts.append(account)
+        fill.raw_calls.append(call_id)
+        fill.raw_costs.append(money_text(cost))
+    return fill
+
+
+async def accrual(stack: Stack, prefix: str) -> tuple[int, Decimal, Decimal, int]:
+    """(meters, sum billable, sum over_cap, calls) of this run's accounts."""
+    lo, hi = prefix_bounds(prefix)
+    conn = await connect(stack, "usage_metering")
+    try:
+        meters = await conn.fetchrow(
+            "select count(*), coalesce(sum(billable), 0), coalesce(sum(over_cap), 0) from meters "
+            "where account_id between $1 and $2",
+            lo,
+            hi,
+        )
+        calls = await conn.fetchval("select count(*) from calls where account_id between $1 and $2", lo, hi)
+        return int(meters[0]), Decimal(meters[1]), Decimal(meters[2]), int(calls)
+    finally:
+        await conn.close()
+
+
+async def raw_consumer_rate(
+    stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int], timeout: float
+) -> tuple[int, float]:
+    """(records, seconds) for a bare consumer reading [starts, ends): getmany + json.loads, nothing else."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(ends))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        wanted = {tp: end for tp, end in ends.items() if end > starts[tp]}
+        count = 0
+        started = now()
+        while wanted:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        json.loads(record.value)
+                        count += 1
+                if tp in wanted and records and records[-1].offset + 1 >= wanted[tp]:
+                    del wanted[tp]
+                    consumer.pause(tp)
+            if now() - started > timeout:
+                raise TimeoutError("raw consumer did not reach the end of the range")
+        return count, now() - started
+    finally:
+        await consumer.stop()
+
+
+async def raw_insert_rate(stack: Stack, fill: Fill, batch: int = 5000) -> tuple[int, float]:
+    """A bare asyncpg set-based insert of the same rows (unnest, on conflict do nothing, returning),
+    in transactions of ``batch`` rows, into a logged table of its own database ``bench_raw``."""
+    admin = await connect(stack, "postgres")
+    try:
+        if not await admin.fetchval("select true from pg_database where datname = 'bench_raw'"):
+            await admin.execute("create database bench_raw")
+    finally:
+        await admin.close()
+    conn = await connect(stack, "bench_raw")
+    try:
+        await conn.execute(
+            "create table if not exists raw_calls (account_id text, call_id text, cost numeric(20, 6) not null, "
+            "cycle_start date not null, primary key (account_id, call_id))"
+        )
+        await conn.execute("truncate raw_calls")
+        started = now()
+        inserted = 0
+        for i in range(0, len(fill.raw_accounts), batch):
+            rows = await conn.fetch(
+                "insert into raw_calls select a, c, k::numeric, date '2027-03-01' "
+                "from unnest($1::text[], $2::text[], $3::text[]) as r(a, c, k) "
+                "on conflict do nothing returning account_id, call_id",
+                fill.raw_accounts[i : i + batch],
+                fill.raw_calls[i : i + batch],
+                fill.raw_costs[i : i + batch],
+            )
+            inserted += len(rows)
+        elapsed = now() - started
+        await conn.execute("truncate raw_calls")
+        return inserted, elapsed
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Drain:
+    events: int
+    ready_to_done: float
+    steady_rate: float
+    samples: list[tuple[float, int]]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.ready_to_done if self.ready_to_done > 0 else float("nan")
+
+
+async def drain(
+    stack: Stack,
+    workers: Workers,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+    timeout: float,
+    label: str,
+) -> Drain:
+    """Start the worker and time it until the group committed ``ends`` on usage.calls."""
+    total = sum(ends[tp] - starts[tp] for tp in ends)
+    ready = await workers.start_ready(SERVICE)
+    samples: list[tuple[float, int]] = []
+    async with Admin(stack) as admin:
+
+        async def done() -> bool:
+            workers.check_alive()
+            committed = await admin.committed(GROUP, list(ends))
+            progress = sum(min(max(committed[tp], starts[tp]), ends[tp]) - starts[tp] for tp in ends)
+            samples.append((now(), progress))
+            return progress >= total
+
+        def progress() -> str:
+            return f"{samples[-1][1]:,}/{total:,} committed" if samples else "starting"
+
+        await wait_for(done, timeout, f"{label}: {GROUP} to commit the range", interval=0.25, progress=progress)
+    finished = samples[-1][0]
+    return Drain(total, finished - ready, steady_rate(samples, total), samples)
+
+
+def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
+    """Rate between the samples at >= 10 % and >= 90 % of the range (leaves out start-up and the tail)."""
+    low = next(((t, n) for t, n in samples if n >= 0.1 * total), None)
+    high = next(((t, n) for t, n in samples if n >= 0.9 * total), None)
+    if low is None or high is None or high[0] <= low[0]:
+        return float("nan")
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
+async def reset_calls_offsets(stack: Stack, starts: dict[TopicPartition, int]) -> None:
+    async with Admin(stack) as admin:
+        await admin.wait_empty(GROUP)
+    await set_group_offsets(stack, GROUP, starts)
+
+
+# ------------------------------------------------------------------------------------ (d) alert latency
+
+
+def arming_calls(level: int, rng: random.Random) -> list[int]:
+    """Costs (0.01-3.00) summing exactly to ``level`` micro-USD."""
+    costs: list[int] = []
+    left = level
+    while left > 3_000_000:
+        cost = micro_cost(rng)
+        if left - cost < 10_000:
+            continue
+        costs.append(cost)
+        left -= cost
+    costs.append(left)
+    return costs
+
+
+async def alert_latency(
+    stack: Stack,
+    workers: Workers,
+    sampler: CpuSampler,
+    prefix: str,
+    rate: int,
+    seconds: float,
+    crossings: int,
+    timeout: float,
+    rng: random.Random,
+) -> dict[str, Any]:
+    total = int(rate * seconds)
+    armed = max(3, min(int(crossings * seconds), total // 4))
+    background = max(500, total // 40)  # ~40 calls of ~1.00 each: far below 50 % of the cap
+    armed_ids = [f"{prefix}-ar{i:05d}" for i in range(armed)]
+    background_ids = [f"{prefix}-bg{i:06d}" for i in range(background)]
+    say(
+        f"(d) alert latency: {total:,} calls at {rate:,}/s for {seconds:.0f} s; {armed} threshold crossings "
+        f"({crossings}/s) on armed accounts, the rest on {background:,} background accounts"
+    )
+    lo, hi = prefix_bounds(prefix)
+    kafka = producer(stack)
+    await kafka.start()
+    try:
+        ids = armed_ids + background_ids
+        await produce_batched(
+            kafka,
+            PLATFORM_ACCOUNTS.name,
+            PLATFORM_ACCOUNTS.partitions,
+            ((a.encode(), account_opened_json(new_id(), a, OPENED_AT)) for a in ids),
+        )
+        conn = await connect(stack, "usage_metering")
+        try:
+            await wait_for(
+                lambda: _count_is(
+                    conn, "select count(*) from accounts where account_id between $1 and $2", lo, hi, len(ids) + 0
+                ),
+                timeout,
+                "(d) the worker to open the fresh accounts",
+            )
+            # Arm: bring each armed account just under its threshold with ordinary calls.
+            levels = [ARMED_LEVELS[i % 3] for i in range(armed)]
+            arm_records = []
+            expected_micros = 0
+            for account, level in zip(armed_ids, levels, strict=True):
+                for n, cost in enumerate(arming_calls(level, rng)):
+                    arm_records.append(
+                        (
+                            account.encode(),
+                            call_json(new_id(), account, "2027-03-02T08:00:00+00:00", f"arm-{n}", money_text(cost)),
+                        )
+                    )
+                expected_micros += level
+            await produce_batched(kafka, CALLS, USAGE_CALLS.partitions, arm_records)
+            expected = Decimal(expected_micros) / 1_000_000
+            armed_lo, armed_hi = f"{prefix}-ar", f"{prefix}-ar~"
+            await wait_for(
+                lambda: _sum_is(
+                    conn,
+                    "select coalesce(sum(billable), 0) from meters where account_id between $1 and $2",
+                    armed_lo,
+                    armed_hi,
+                    expected,
+                ),
+                timeout,
+                f"(d) the worker to arm {armed} accounts ({len(arm_records):,} calls)",
+            )
+        finally:
+            await conn.close()
+
+        # The schedule: slot i at i/rate; every (total/armed)-th slot is a crossing call.
+        step = total / armed
+        crossing_slots = {int(k * step + step / 2): k for k in range(armed)}
+        intended: dict[str, tuple[float, int]] = {}
+        items: list[tuple[float, str, int, bytes, bytes]] = []
+        partition_of = KeyPartitioner(USAGE_CALLS.partitions)
+        for i in range(total):
+            at = i / rate
+            when = "2027-03-03T09:00:00+00:00"
+            k = crossing_slots.get(i)
+            message_id = new_id()
+            if k is not None:
+                account = armed_ids[k]
+                value = call_json(message_id, account, when, "crossing", money_text(TRIGGER_COST))
+                intended[message_id] = (at, THRESHOLD_OF_LEVEL[levels[k]])
+            else:
+                account = background_ids[rng.randrange(background)]
+                value = call_json(message_id, account, when, f"bg-{i}", money_text(micro_cost(rng)))
+            key = account.encode()
+            items.append((at, CALLS, partition_of(key), key, value))
+        check_contract(CallCharged, items[0][4])
+
+        latencies: list[float] = []
+        transport: list[float] = []
+        by_threshold: Counter[int] = Counter()
+        start_box: list[float] = [0.0]
+        armed_keys = {a.encode() for a in armed_ids}
+
+        def on_record(arrival: float, record: ConsumerRecord[Any, Any]) -> None:
+            if record.topic == CALLS:  # the crossing call itself reaching a bare consumer: the transport floor
+                if record.key in armed_keys:
+                    cause = intended.get(json.loads(record.value)["message_id"])
+                    if cause is not None:
+                        transport.append(arrival - (start_box[0] + cause[0]))
+                return
+            body = json.loads(record.value)
+            if body.get("type") != "CallingCreditThresholdReached":
+                return
+            cause = intended.get(body.get("causation_id"))
+            if cause is not None:
+                latencies.append(arrival - (start_box[0] + cause[0]))
+                by_threshold[cause[1]] += 1
+
+        reader = Reader(stack, ["metering.alerts", CALLS], on_record)
+        await reader.start()
+        latency_producer = producer(stack, linger_ms=1)
+        await latency_producer.start()
+        try:
+            async with Admin(stack) as admin:
+                backlog = BacklogMonitor(admin, GROUP, [CALLS])
+                backlog.start()
+                with sampler.phase("(d) open-loop calls"):
+                    start_box[0] = now() + 0.5
+                    sent = await open_loop(latency_producer, items, start_box[0])
+                    sent_done = now()
+                    await wait_for(lambda: len(latencies) >= armed, 60.0, "(d) the crossing alerts", interval=0.05)
+                await backlog.stop()
+                ends_after = await admin.ends([CALLS])
+
+                async def caught_up() -> bool:
+                    committed = await admin.committed(GROUP, list(ends_after))
+                    return all(committed[tp] >= end for tp, end in ends_after.items())
+
+                await wait_for(caught_up, timeout, "(d) the worker to commit the phase's calls", interval=0.1)
+            drained = now() - sent_done
+        finally:
+            await latency_producer.stop()
+            await reader.stop()
+    finally:
+        await kafka.stop()
+    lag = sorted(sent.send_lag)
+    say(
+        f"   sender: {sent.sent:,} calls in {sent.duration:.1f} s ({sent.sent / sent.duration:,.0f}/s), errors {sent.errors}, "
+        f"sender lag p99 {1000 * percentile(lag, 99):.1f} ms, max {1000 * lag[-1]:.1f} ms"
+    )
+    say(f"   worker backlog on {CALLS} during the phase (sampled every 0.2 s): {backlog.summary()}")
+    say(f"   worker committed the last call {drained:.2f} s after the last send")
+    say(f"   transport floor (crossing call intended send -> a bare consumer has it): {latency_line(transport)}")
+    say(f"   alert latency (crossing call intended send -> alert arrival): {latency_line(latencies)}")
+    say(f"   alerts by threshold: {dict(sorted(by_threshold.items()))} of {armed} crossings")
+    return {
+        "p99_ms": p99_ms(latencies),
+        "transport_p99_ms": p99_ms(transport),
+        "received": len(latencies),
+        "expected": armed,
+        "rate": rate,
+    }
+
+
+async def _count_is(conn: Any, query: str, lo: str, hi: str, expected: int) -> bool:
+    return int(await conn.fetchval(query, lo, hi)) >= expected
+
+
+async def _sum_is(conn: Any, query: str, lo: str, hi: str, expected: Decimal) -> bool:
+    return Decimal(await conn.fetchval(query, lo, hi)) >= expected
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+async def main() -> int:
+    args = parse_args()
+    stack = stack_from(args)
+    prefix = run_prefix("um")
+    banner(
+        "usage metering benchmark",
+        stack,
+        events=args.events,
+        accounts=args.accounts,
+        dup_rate=args.dup_rate,
+        run=prefix,
+    )
+    await provision(stack)
+    workers = Workers(stack, prefix)
+    sampler = CpuSampler(stack, workers)
+    rng = random.Random(args.seed)
+    try:
+        # 0. Accounts first, recorded by the worker; then the worker stops.
+        ids = [f"{prefix}-{i:05d}" for i in range(args.accounts)]
+        check_contract(AccountOpened, account_opened_json(new_id(), ids[0], OPENED_AT))
+        await workers.start_ready(SERVICE)
+        kafka = producer(stack)
+        await kafka.start()
+        try:
+            await produce_batched(
+                kafka,
+                PLATFORM_ACCOUNTS.name,
+                PLATFORM_ACCOUNTS.partitions,
+                ((a.encode(), account_opened_json(new_id(), a, OPENED_AT)) for a in ids),
+            )
+            lo, hi = prefix_bounds(prefix)
+            conn = await connect(stack, "usage_metering")
+            try:
+                took = await wait_for(
+                    lambda: _count_is(
+                        conn, "select count(*) from accounts where account_id between $1 and $2", lo, hi, len(ids)
+                    ),
+                    args.timeout,
+                    "the worker to record the accounts",
+                )
+            finally:
+                await conn.close()
+            say(f"0. {len(ids):,} accounts opened and recorded by the worker in {took:.1f} s")
+            workers.stop(SERVICE)
+
+            # 1. Fill usage.calls while no worker runs.
+            started = now()
+            fill = make_fill(prefix, args.accounts, args.events, args.dup_rate, rng)
+            check_contract(CallCharged, fill.records[0][1])
+            generated = now() - started
+            starts = await end_offsets(stack, [CALLS])
+            started = now()
+            await produce_batched(kafka, CALLS, USAGE_CALLS.partitions, fill.records)
+            produced = now() - started
+            ends = await end_offsets(stack, [CALLS])
+        finally:
+            await kafka.stop()
+        in_range = sum(ends[tp] - starts[tp] for tp in ends)
+        size = sum(len(v) for _, v in fill.records) / len(fill.records)
+        say(
+            f"1. filled {CALLS}: {args.events:,} events ({fill.unique:,} calls + {fill.duplicates:,} duplicate reports, "
+            f"~{size:.0f} B each), generated in {generated:.1f} s, produced in {produced:.1f} s "
+            f"({args.events / produced:,.0f}/s); {in_range:,} records in the range"
+        )
+        if in_range != args.events:
+            raise RuntimeError(f"expected {args.events} records in the range, found {in_range}")
+
+        # (a) raw limits.
+        with sampler.phase("(a) raw consumer"):
+            raw_n, raw_s = await raw_consumer_rate(stack, starts, ends, args.timeout)
+        raw_rate = raw_n / raw_s
+        say(f"(a) raw consumer (getmany + json.loads): {raw_n:,} in {raw_s:.2f} s = {raw_rate:,.0f} events/s")
+        with sampler.phase("(a) raw asyncpg insert"):
+            db_n, db_s = await raw_insert_rate(stack, fill)
+        db_rate = len(fill.raw_accounts) / db_s
+        say(
+            f"(a) raw asyncpg set-based insert (5,000-row unnest, on conflict, returning): {len(fill.raw_accounts):,} rows "
+            f"({db_n:,} new) in {db_s:.2f} s = {db_rate:,.0f} rows/s"
+        )
+        expected_total = Decimal(fill.total_micros) / 1_000_000
+        records_view, fill.records = fill.records, []  # free the memory before the worker runs
+        del records_view
+
+        # (b) the worker, from the start of the range to the end.
+        await reset_calls_offsets(stack, starts)
+        with sampler.phase("(b) worker") as cpu_b:
+            first = await drain(stack, workers, starts, ends, args.timeout, "(b)")
+        meters, billable, over_cap, calls = await accrual(stack, prefix)
+        say(
+            f"(b) worker: {first.events:,} events, ready -> all committed in {first.ready_to_done:.1f} s = "
+            f"{first.rate:,.0f} events/s (steady 10-90 %: {first.steady_rate:,.0f}/s); "
+            f"{100 * first.rate / raw_rate:.1f} % of the raw consumer, {100 * first.rate / db_rate:.1f} % of the raw insert"
+        )
+        ok_sum = billable + over_cap == expected_total and calls == fill.unique
+        say(
+            f"    accrual: {meters:,} meters, billable {billable}, over_cap {over_cap}, calls {calls:,}; "
+            f"expected billable+over_cap {expected_total} and {fill.unique:,} calls: {'OK' if ok_sum else 'MISMATCH'}"
+        )
+
+        # (c) replay the same range.
+        replay: Drain | None = None
+        if not args.skip_replay:
+            workers.stop(SERVICE)
+            await reset_calls_offsets(stack, starts)
+            with sampler.phase("(c) replay"):
+                replay = await drain(stack, workers, starts, ends, args.timeout, "(c)")
+            again = await accrual(stack, prefix)
+            same = again == (meters, billable, over_cap, calls)
+            say(
+                f"(c) replay: {replay.events:,} events again in {replay.ready_to_done:.1f} s = {replay.rate:,.0f} events/s; "
+                f"accrual after: {again[0]:,} meters, billable {again[1]}, over_cap {again[2]}, calls {again[3]:,}: "
+                f"{'UNCHANGED' if same else 'CHANGED'}"
+            )
+            ok_sum = ok_sum and same
+
+        # (d) alert latency at half the sustained rate.
+        alerts: dict[str, Any] | None = None
+        if not args.skip_alerts:
+            rate = args.alert_rate or max(100, int(first.rate / 2))
+            alerts = await alert_latency(
+                stack, workers, sampler, prefix, rate, args.alert_seconds, args.crossings, args.timeout, rng
+            )
+        workers.stop_all()
+
+        say("\n== summary")
+        say(f"   sustained {first.rate:,.0f} events/s (target >= 25,000): {verdict(first.rate >= 25_000)}")
+        say(
+            f"   {100 * first.rate / raw_rate:.1f} % of the raw consumer rate {raw_rate:,.0f}/s (target >= 40 %): "
+            f"{verdict(first.rate >= 0.4 * raw_rate)}"
+        )
+        if replay is not None:
+            say(f"   replay {replay.rate:,.0f} events/s, accrual unchanged: {verdict(ok_sum)}")
+        if alerts is not None:
+            say(
+                f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "
+                f"alerts (target <= 100 ms): {verdict(alerts['p99_ms'] <= 100 and alerts['received'] == alerts['expected'])}"
+            )
+        say(f"   worker CPU during (b): {cpu_b.get('usage_metering', (0.0, 0.0))[0]:.0f} % of a core")
+        return 0 if ok_sum else 1
+    finally:
+        workers.stop_all()
+
+
+if __name__ == "__main__":
+    run_main(main)
