@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import secrets
@@ -225,6 +226,13 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) ticks of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
 def _uptime_ticks() -> int:
     return int(float(Path("/proc/uptime").read_text().split()[0]) * CLK_TCK)
 
@@ -301,6 +309,7 @@ class CpuSampler:
                     totals[group] = totals.get(group, 0) + ticks
                     peaks[group] = max(peaks.get(group, 0.0), 100.0 * ticks / CLK_TCK / elapsed)
 
+        machine_before = _machine_ticks()
         thread = threading.Thread(target=loop, name=f"cpu-{label}", daemon=True)
         thread.start()
         try:
@@ -313,11 +322,25 @@ class CpuSampler:
             elapsed = max(now() - started, 1e-6)
             for group, ticks in sorted(totals.items(), key=lambda kv: -kv[1]):
                 result[group] = (100.0 * ticks / CLK_TCK / elapsed, peaks.get(group, 0.0))
+            busy_after, total_after = _machine_ticks()
+            cores = os.cpu_count() or 1
+            share = (busy_after - machine_before[0]) / max(1, total_after - machine_before[1])
+            machine = 100.0 * cores * share
+            result["other processes"] = (max(0.0, machine - sum(avg for avg, _ in result.values())), 0.0)
+            result["machine"] = (machine, 100.0 * cores)
             say(f"   CPU during {label} ({elapsed:.1f} s; % of one core, avg/peak-1s): {format_cpu(result)}")
 
 
 def format_cpu(result: dict[str, tuple[float, float]]) -> str:
-    return ", ".join(f"{group} {avg:.0f}/{peak:.0f}" for group, (avg, peak) in result.items())
+    parts = []
+    for group, (avg, peak) in result.items():
+        if group == "machine":
+            parts.append(f"whole machine {avg:.0f} of {peak:.0f}")
+        elif group == "other processes":
+            parts.append(f"other processes {avg:.0f}")
+        else:
+            parts.append(f"{group} {avg:.0f}/{peak:.0f}")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- Kafka
@@ -536,7 +559,10 @@ class Reader:
     """
 
     def __init__(
-        self, stack: Stack, topics: Sequence[str], on_record: Callable[[float, ConsumerRecord[Any, Any]], None]
+        self,
+        stack: Stack,
+        topics: Sequence[str | TopicPartition],
+        on_record: Callable[[float, ConsumerRecord[Any, Any]], None],
     ):
         self.stack = stack
         self.topics = topics
@@ -547,7 +573,12 @@ class Reader:
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.bootstrap, enable_auto_commit=False)
         await self.consumer.start()
-        partitions = [TopicPartition(t, p) for t in self.topics for p in await _partitions(self.consumer, t)]
+        partitions = []
+        for topic in self.topics:
+            if isinstance(topic, TopicPartition):
+                partitions.append(topic)
+            else:
+                partitions += [TopicPartition(topic, p) for p in sorted(await _partitions(self.consumer, topic))]
         self.consumer.assign(partitions)
         await self.consumer.seek_to_end(*partitions)
         for tp in partitions:  # resolve positions now, so nothing sent after start() is missed
@@ -613,15 +644,49 @@ class OpenLoopResult:
 async def open_loop(
     producer: AIOKafkaProducer,
     items: Sequence[tuple[float, str, int, bytes, bytes]],
-    start: float,
+    clock: list[float],
+    lead: float = 0.5,
 ) -> OpenLoopResult:
     """Send ``(offset_s, topic, partition, key, value)`` items at ``start + offset_s`` (open loop).
 
-    A slow system does not slow the schedule down: each item keeps its intended time, and how
-    late the sender itself was is returned (``send_lag``) so it can be told apart from the system.
+    ``start`` is ``now() + lead`` once the garbage collector is quiet; it is put in ``clock[0]``
+    so readers can turn offsets into intended send times. A slow system does not slow the
+    schedule down: each item keeps its intended time, and how late the sender itself was is
+    returned (``send_lag``) so it can be told apart from the system.
     """
     result = OpenLoopResult(sent=0, duration=0.0)
     futures: list[asyncio.Future[Any]] = []
+    n = len(items)
+    with quiet_gc():
+        start = clock[0] = now() + lead
+        await _open_loop(producer, items, start, result, futures)
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    result.errors += sum(1 for r in outcomes if isinstance(r, BaseException))
+    result.sent = n
+    result.duration = now() - start
+    return result
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No garbage-collector pauses in the load generator while it keeps a schedule."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+async def _open_loop(
+    producer: AIOKafkaProducer,
+    items: Sequence[tuple[float, str, int, bytes, bytes]],
+    start: float,
+    result: OpenLoopResult,
+    futures: list[asyncio.Future[Any]],
+) -> None:
     i = 0
     n = len(items)
     while i < n:
@@ -636,16 +701,9 @@ async def open_loop(
             result.send_lag.append(now() - start - offset)
             i += 1
         if len(futures) > 5000:
-            result.errors += sum(
-                1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException)
-            )
-            futures.clear()
-    result.errors += sum(
-        1 for r in await asyncio.gather(*futures, return_exceptions=True) if isinstance(r, BaseException)
-    )
-    result.sent = n
-    result.duration = now() - start
-    return result
+            done = [f for f in futures if f.done()]
+            result.errors += sum(1 for f in done if f.exception() is not None)
+            futures[:] = [f for f in futures if not f.done()]
 
 
 # ----------------------------------------------------------------------------------------- PostgreSQL

@@ -13,6 +13,7 @@ from contracts.envelope import Envelope
 from contracts.topics import BY_NAME
 
 MAX_ERROR_CHARS = 2000
+MAX_DLQ_VALUE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,31 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)[:MAX_ERROR_CHARS]
 
 
-def dead_letter_payload(record: Record, error: str) -> bytes:
-    """What goes to ``<topic>.dlq``: the original bytes, where they came from, the error, when."""
+def dead_letter_payload(record: Record, error: str, consumer: str = "") -> bytes:
+    """What goes to ``<topic>.dlq``: the original bytes, where they came from, the error, when, and
+    which consumer group gave up on it (a topic read by three services may get three records).
+
+    The value is carried as text when it is UTF-8, else as base64. A value over
+    ``MAX_DLQ_VALUE_BYTES`` is cut there (``value_truncated``, ``value_size``) so the dead letter
+    always fits in a Kafka record; the whole value stays in the service's ``dead_letters`` table.
+    """
     value = record.value or b""
+    kept = value[:MAX_DLQ_VALUE_BYTES]
     try:
-        text: str | None = value.decode("utf-8")
+        text: str | None = kept.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     document = {
         "original_topic": record.topic,
+        "consumer": consumer,
         "partition": record.partition,
         "offset": record.offset,
         "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
         "headers": {name: base64.b64encode(raw or b"").decode() for name, raw in record.headers},
         "value_text": text,
-        "value_base64": base64.b64encode(value).decode(),
+        "value_base64": None if text is not None else base64.b64encode(kept).decode(),
+        "value_size": len(value),
+        "value_truncated": len(value) > len(kept),
         "error": error[:MAX_ERROR_CHARS],
         "failed_at": datetime.now(UTC).isoformat(),
     }

@@ -289,14 +289,20 @@ class BatchProcessor:
     async def _write_dead_letters(self, unit: Unit, dead: list[tuple[Record, str]]) -> None:
         for record, error in dead:
             log.warning("dead letter", extra=_context(record) | {"error": error})
-            payload = dead_letter_payload(record, error)
+            payload = dead_letter_payload(record, error, self.service)
             inserted = (
                 await unit.session.execute(
                     sa.text(
                         'insert into dead_letters (topic, partition, "offset", error, payload) '
                         "values (:t, :p, :o, :e, :v) on conflict do nothing returning id"
                     ),
-                    {"t": record.topic, "p": record.partition, "o": record.offset, "e": error, "v": payload},
+                    {
+                        "t": record.topic,
+                        "p": record.partition,
+                        "o": record.offset,
+                        "e": error,
+                        "v": record.value or b"",
+                    },
                 )
             ).first()
             if inserted is not None:  # a redelivered poison message gives one DLQ record

@@ -16,9 +16,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
+
+# Refusals that no retry will change; anything else (time-outs, broker down, leader moving) is retried.
+NEVER_DELIVERABLE = (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError)
 
 
 class OutboxRelay:
@@ -90,11 +94,33 @@ class OutboxRelay:
             if not rows:
                 return 0
             assert self.producer is not None, "start() the relay first"
-            pending = [
-                await self.producer.send(topic, value=payload, key=key.encode() if key else None)
-                for _id, topic, key, payload in rows
+            pending: list[tuple[Any, asyncio.Future[Any]]] = []
+            failed: list[tuple[Any, BaseException]] = []
+            for row in rows:
+                _id, topic, key, payload = row
+                try:
+                    pending.append(
+                        (row, await self.producer.send(topic, value=payload, key=key.encode() if key else None))
+                    )
+                except NEVER_DELIVERABLE as exc:  # refused before sending (e.g. over max_request_size)
+                    failed.append((row, exc))
+            results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+            failed += [
+                (row, exc) for (row, _), exc in zip(pending, results, strict=True) if isinstance(exc, BaseException)
             ]
-            await asyncio.gather(*pending)
+            if any(not isinstance(exc, NEVER_DELIVERABLE) for _, exc in failed):
+                raise next(exc for _, exc in failed if not isinstance(exc, NEVER_DELIVERABLE))  # retry the batch
+            for (row_id, topic, _key, payload), exc in failed:
+                # The broker will never take this record (e.g. too large): keep it for operators
+                # instead of blocking every later event of the service.
+                log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(exc)})
+                await session.execute(
+                    sa.text(
+                        'insert into dead_letters (topic, partition, "offset", error, payload) '
+                        "values (:t, -1, :o, :e, :p) on conflict do nothing"
+                    ),
+                    {"t": f"outbox:{topic}", "o": row_id, "e": repr(exc), "p": payload},
+                )
             await session.execute(sa.text("delete from outbox where id = any(:ids)"), {"ids": [r[0] for r in rows]})
         self.published += len(rows)
         return len(rows)

@@ -68,6 +68,7 @@ async def test_a_worker_dying_around_its_database_commit_loses_and_doubles_nothi
         **{f"BILLING_FAULT_CRASH_{point.upper()}": "3"},
     )
     workload = Workload.build(8 * SCALE, f"crash-{point}")
+    await workload.open_accounts(stack, dbs)
     await workload.send(stack)
 
     assert await exited(crashing) == 137  # died like SIGKILL in its third batch
@@ -81,6 +82,7 @@ async def test_sigkill_of_a_worker_mid_stream_then_restart_ends_with_exact_books
     stack: Bus, dbs, workers: Workers, service: str
 ) -> None:
     workload = Workload.build(10 * SCALE, f"kill-{service}")
+    await workload.open_accounts(stack, dbs)
     items = workload.stream()
     half = len(items) // 2
     await workload.send(stack, items[:half])
@@ -93,6 +95,7 @@ async def test_sigkill_of_a_worker_mid_stream_then_restart_ends_with_exact_books
 
 async def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(stack: Bus, dbs) -> None:
     workload = Workload.build(10 * SCALE, "broker-restart")
+    await workload.open_accounts(stack, dbs)
     items = workload.stream()
     half = len(items) // 2
     await workload.send(stack, items[:half])
@@ -105,6 +108,7 @@ async def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(stack: 
 
 async def test_postgresql_restarted_mid_stream_leaves_no_partial_transaction(stack: Bus, dbs) -> None:
     workload = Workload.build(10 * SCALE, "pg-restart")
+    await workload.open_accounts(stack, dbs)
     await workload.send(stack)
     stack_command("pg-stop")
     await asyncio.sleep(3)
@@ -118,6 +122,7 @@ async def test_a_paused_consumer_resumed_after_a_replica_took_over_applies_nothi
     second = workers.start("license_orders", name="license_orders-b")
     await asyncio.sleep(5)  # the group rebalances over both replicas
     workload = Workload.build(12 * SCALE, "paused")
+    await workload.open_accounts(stack, dbs)
     items = workload.stream()
     half = len(items) // 2
     await workload.send(stack, items[:half])
@@ -135,6 +140,7 @@ async def test_a_paused_consumer_resumed_after_a_replica_took_over_applies_nothi
 
 async def test_a_duplicate_storm_has_the_effect_of_each_message_once(stack: Bus, dbs) -> None:
     workload = Workload.build(10 * SCALE, "storm")
+    await workload.open_accounts(stack, dbs)
     rng = random.Random(3)
     storm: list = []
     for topic, item in workload.stream():
@@ -227,13 +233,7 @@ async def test_poison_on_every_input_topic_is_dead_lettered_or_rejected_and_late
             .replace('"cost":"1"', '"cost":"-1"')
             .encode(),
         ],
-        "metering.commands": [
-            b"{",
-            message(m.SetCallingCreditCap, account, date(2026, 11, 2), actor=SUPPORT, cap=Decimal("1"))
-            .model_dump_json()
-            .replace('"cap":"1"', '"cap":true')
-            .encode(),
-        ],
+        "metering.commands": [b"{"],
         "billing.charges": [
             b"\x00",
             message(
@@ -257,15 +257,28 @@ async def test_poison_on_every_input_topic_is_dead_lettered_or_rejected_and_late
             await stack.send(topic, value, key=account)
     rejected_cmd = message(m.PurchaseLicenses, unknown, date(2026, 11, 2), actor=ADMIN, product="user", quantity=1)
     await stack.send("licensing.commands", rejected_cmd)
+    wrong_type = (
+        message(m.SetCallingCreditCap, account, date(2026, 11, 2), actor=SUPPORT, cap=Decimal("1"))
+        .model_dump_json()
+        .replace('"cap":"1"', '"cap":true')
+    )
+    wrong_type_id = json.loads(wrong_type)["message_id"]
+    await stack.send("metering.commands", wrong_type.encode(), key=account)
 
     workload = Workload.build(3, "after-poison")
+    await workload.open_accounts(stack, dbs)
     await workload.send(stack)
     await settle_and_check(workload, stack, dbs)
+    readers = {"platform.accounts": 3}  # each consumer group dead-letters on its own
     for topic, values in poison.items():
-        letters = await stack.wait_count(f"{topic}.dlq", len(values), timeout=60, key=account)
-        assert len(letters) == len(values), topic
+        expected = len(values) * readers.get(topic, 1)
+        letters = await stack.wait_count(f"{topic}.dlq", expected, timeout=60, key=account)
+        assert len(letters) == expected, topic
+        assert all(letter["consumer"] for letter in letters)
     [rejection] = await stack.wait_count("licensing.events", 1, causation_id=str(rejected_cmd.message_id))
     assert rejection["reason_code"] == "unknown_account"
+    [invalid] = await stack.wait_count("metering.alerts", 1, causation_id=wrong_type_id)
+    assert invalid["type"] == "CommandRejected" and invalid["reason_code"] == "invalid_cap"
     huge = next(
         json.loads(json.dumps(x))
         for x in stack.matching("licensing.commands.dlq", key=account)
@@ -278,6 +291,7 @@ async def test_a_cycle_close_worker_killed_halfway_through_a_big_batch_finishes_
     stack: Bus, dbs, workers: Workers
 ) -> None:
     workload = Workload.build(60 * SCALE, "close-kill", invites=2, calls_per_account=2)
+    await workload.open_accounts(stack, dbs)
     await workload.send(stack)
     await workload.settled(stack, dbs)
     close = message(
@@ -314,6 +328,7 @@ async def test_a_cycle_close_worker_killed_halfway_through_a_big_batch_finishes_
 async def test_the_broker_frozen_for_some_seconds_mid_stream_loses_nothing(stack: Bus, dbs) -> None:
     """A silent network cut as every client sees it: connections stay open, nothing answers."""
     workload = Workload.build(10 * SCALE, "frozen")
+    await workload.open_accounts(stack, dbs)
     items = workload.stream()
     half = len(items) // 2
     await workload.send(stack, items[:half])

@@ -78,10 +78,24 @@ class Workload:
             )
         return workload
 
+    async def open_accounts(self, bus: Bus, dbs: Any, timeout: float = 60) -> None:
+        """Open the accounts and wait until license orders knows them, as the admin UI would."""
+        for opened in self.opened:
+            await bus.send("platform.accounts", opened)
+        await wait_until(
+            lambda: scalar(
+                dbs["license_orders"],
+                "select count(*) = :n from accounts where account_id = any(:a)",
+                n=len(self.accounts),
+                a=self.accounts,
+            ),
+            timeout=timeout,
+            what="the accounts to open",
+        )
+
     def stream(self) -> list[tuple[str, Any]]:
-        """Every input message in a valid order (one account's commands stay in order)."""
-        out: list[tuple[str, Any]] = [("platform.accounts", o) for o in self.opened]
-        out += [("licensing.commands", c) for c in self.commands]
+        """Every input message after the accounts opened (one account's commands stay in order)."""
+        out: list[tuple[str, Any]] = [("licensing.commands", c) for c in self.commands]
         out += [("usage.calls", c) for c in self.calls]
         out += [("billing.charges", d) for d in self.devices]
         out += [("billing.charges", d) for d in self.devices]  # reported twice

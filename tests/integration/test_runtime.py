@@ -159,3 +159,25 @@ async def test_a_worker_killed_mid_stream_ends_with_every_command_applied_once(s
         dbs["license_orders"], "select assigned from balances where account_id = :a and product = 'user'", a=account
     )
     assert assigned == 150
+
+
+async def test_an_event_the_broker_can_never_take_is_set_aside_and_does_not_block_the_relay(stack: Bus, dbs) -> None:
+    oversized = uuid.uuid4()
+    async with dbs["license_orders"].begin() as conn:
+        await conn.execute(
+            sa.text("insert into outbox (message_id, topic, key, payload) values (:i, 'licensing.events', 'k', :p)"),
+            {"i": oversized, "p": b"x" * 2_000_000},
+        )
+    account = await open_account(stack)
+    reply = await command(stack, m.PurchaseLicenses, account, product="user", quantity=1)
+
+    assert reply["type"] == "LicensesPurchased"
+    assert await wait_until(
+        lambda: scalar(
+            dbs["license_orders"],
+            "select count(*) from dead_letters where topic = 'outbox:licensing.events' and error like '%TooLarge%' "
+            "and length(payload) = 2000000",
+        ),
+        what="the oversized event to be set aside",
+    )
+    assert await scalar(dbs["license_orders"], "select count(*) from outbox where message_id = :i", i=oversized) == 0

@@ -1,0 +1,382 @@
+"""License orders benchmark: sustained commands/s (closed loop) and open-loop latency at a fixed rate.
+
+1. Starts the license-orders worker, lets it catch up with what is already on its topics, opens
+   ``--accounts`` accounts (business dates in March 2027, billing day 1) and buys each
+   ``--licenses`` user licenses.
+2. Closed loop: ``--commands`` valid commands (PurchaseLicenses / AssignLicense /
+   UnassignLicense / PreviewLicensePurchase; the script tracks each account's balance so every
+   command is valid) sent as fast as possible; time from the first send until every result
+   event arrived on ``licensing.events``. Raw baseline in the same run: a bare consumer reading
+   and JSON-decoding the same command range.
+3. Open loop: ``--rate`` commands/s for ``--seconds``; every command has an intended send time;
+   latency = result event arrival - intended send time. The transport floor in the same run is
+   the command reaching a bare consumer of ``licensing.commands``.
+
+Targets: >= 1,000 commands/s sustained; p99 <= 50 ms at 200 commands/s.
+Run ``python -m bench.bench_license_orders --help``; docs/benchmarks.md has the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bench.common import (
+    SERVICE_GROUPS,
+    SERVICE_INPUTS,
+    Admin,
+    CpuSampler,
+    KeyPartitioner,
+    Reader,
+    Stack,
+    Workers,
+    account_opened_json,
+    add_stack_arguments,
+    banner,
+    check_contract,
+    connect,
+    latency_line,
+    new_id,
+    now,
+    open_loop,
+    p99_ms,
+    percentile,
+    produce_batched,
+    producer,
+    provision,
+    run_main,
+    run_prefix,
+    say,
+    stack_from,
+    verdict,
+    wait_for,
+)
+from contracts import Actor
+from contracts import messages as m
+from contracts.topics import LICENSING_COMMANDS, LICENSING_EVENTS, PLATFORM_ACCOUNTS
+
+SERVICE = "license_orders"
+GROUP = SERVICE_GROUPS[SERVICE]
+COMMANDS = LICENSING_COMMANDS.name
+EVENTS = LICENSING_EVENTS.name
+OPENED_AT = "2027-03-01T00:00:00+00:00"
+ADMIN = Actor(id="admin@bench", role="office_admin")
+PROVISIONING = Actor(id="provisioning", role="service")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_license_orders",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--accounts", type=int, help="accounts (default 1,000; --quick 100)")
+    parser.add_argument("--licenses", type=int, default=20, help="user licenses each account buys first (default 20)")
+    parser.add_argument("--commands", type=int, help="closed-loop commands (default 20,000; --quick 2,000)")
+    parser.add_argument("--rate", type=int, default=200, help="open-loop commands/s (default 200)")
+    parser.add_argument("--seconds", type=float, help="open-loop duration (default 20 s; --quick 5 s)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--timeout", type=float, default=900.0, help="bound on each waiting phase, seconds")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 100 accounts, 2,000 commands, 5 s open loop")
+    add_stack_arguments(parser)
+    args = parser.parse_args()
+    full, quick = (1_000, 20_000, 20.0), (100, 2_000, 5.0)
+    for name, default in zip(("accounts", "commands", "seconds"), quick if args.quick else full, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
+
+
+@dataclass
+class AccountState:
+    """What the script knows of an account's user licenses, so every command it sends is valid."""
+
+    purchased: int = 0
+    assigned: list[str] = field(default_factory=list)
+    next_assignee: int = 0
+
+
+@dataclass
+class Mix:
+    """Builds valid commands in a fixed mix: ~35 % assign, ~25 % unassign, ~25 % preview, ~15 % purchase."""
+
+    accounts: list[str]
+    rng: random.Random
+    states: dict[str, AccountState] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def purchase(self, account: str, quantity: int, day: int = 2) -> m.PurchaseLicenses:
+        self.states.setdefault(account, AccountState()).purchased += quantity
+        return m.PurchaseLicenses(
+            message_id=uuid.uuid4(),
+            account_id=account,
+            occurred_at=_at(day),
+            actor=ADMIN,
+            product="user",
+            quantity=quantity,
+        )
+
+    def next(self) -> m.Command:
+        account = self.accounts[self.rng.randrange(len(self.accounts))]
+        state = self.states.setdefault(account, AccountState())
+        day = 2 + self.rng.randrange(26)
+        r = self.rng.random()
+        available = state.purchased - len(state.assigned)
+        command: m.Command
+        if r < 0.60 and (r >= 0.35 and state.assigned):
+            assignee = state.assigned.pop(self.rng.randrange(len(state.assigned)))
+            command = m.UnassignLicense(
+                message_id=uuid.uuid4(),
+                account_id=account,
+                occurred_at=_at(day),
+                actor=PROVISIONING,
+                product="user",
+                assignee_id=assignee,
+            )
+        elif r < 0.60 and available > 0:
+            assignee = f"user-{state.next_assignee}"
+            state.next_assignee += 1
+            state.assigned.append(assignee)
+            command = m.AssignLicense(
+                message_id=uuid.uuid4(),
+                account_id=account,
+                occurred_at=_at(day),
+                actor=PROVISIONING,
+                product="user",
+                assignee_id=assignee,
+            )
+        elif r < 0.85:
+            command = m.PreviewLicensePurchase(
+                message_id=uuid.uuid4(),
+                account_id=account,
+                occurred_at=_at(day),
+                actor=ADMIN,
+                product="user",
+                quantity=1 + self.rng.randrange(5),
+            )
+        else:
+            command = self.purchase(account, 1 + self.rng.randrange(3), day)
+        self.counts[command.type] += 1
+        return command
+
+
+def _at(day: int) -> datetime:
+    """Noon UTC on a day of March 2027 (the accounts' open cycle)."""
+    return datetime(2027, 3, day, 12, 0, tzinfo=UTC)
+
+
+class Results:
+    """Result events on licensing.events by causation id (the command's message_id), with arrival times."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.types: Counter[str] = Counter()
+        self.rejections: list[dict[str, Any]] = []
+        self.commands_seen: dict[str, float] = {}
+        self.watch_commands = False
+
+    def on_record(self, arrival: float, record: ConsumerRecord[Any, Any]) -> None:
+        body = json.loads(record.value)
+        if record.topic == COMMANDS:
+            if self.watch_commands:
+                self.commands_seen[body["message_id"]] = arrival
+            return
+        cause = body.get("causation_id")
+        if cause is None or cause in self.arrived:
+            return
+        self.arrived[cause] = arrival
+        self.types[body["type"]] += 1
+        if body["type"] == "CommandRejected":
+            self.rejections.append(body)
+
+    def have_all(self, ids: list[str]) -> bool:
+        return all(i in self.arrived for i in ids)
+
+    def missing(self, ids: list[str]) -> int:
+        return sum(1 for i in ids if i not in self.arrived)
+
+
+def encode(commands: Sequence[m.Command]) -> list[tuple[bytes, bytes]]:
+    return [(c.account_id.encode(), c.model_dump_json().encode()) for c in commands]
+
+
+async def raw_read_rate(stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(ends))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        wanted = {tp for tp in ends if ends[tp] > starts[tp]}
+        count = 0
+        started = now()
+        while wanted and now() - started < 120:
+            for tp, records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        json.loads(record.value)
+                        count += 1
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    wanted.discard(tp)
+                    consumer.pause(tp)
+        return count / (now() - started)
+    finally:
+        await consumer.stop()
+
+
+async def main() -> int:
+    args = parse_args()
+    stack = stack_from(args)
+    prefix = run_prefix("lo")
+    banner(
+        "license orders benchmark",
+        stack,
+        accounts=args.accounts,
+        licenses=args.licenses,
+        commands=args.commands,
+        rate=args.rate,
+        seconds=args.seconds,
+        run=prefix,
+    )
+    await provision(stack)
+    workers = Workers(stack, prefix)
+    sampler = CpuSampler(stack, workers)
+    rng = random.Random(args.seed)
+    results = Results()
+    reader = Reader(stack, [EVENTS, COMMANDS], results.on_record)
+    kafka = producer(stack)
+    try:
+        await workers.start_ready(SERVICE)
+        async with Admin(stack) as admin:
+            took = await admin.wait_caught_up(GROUP, SERVICE_INPUTS[SERVICE], args.timeout, "catching up")
+        say(f"0. worker ready; caught up with earlier runs' records on its topics in {took:.1f} s")
+        await reader.start()
+        await kafka.start()
+
+        # 1. Accounts and their first licenses.
+        accounts = [f"{prefix}-{i:05d}" for i in range(args.accounts)]
+        check_contract(m.AccountOpened, account_opened_json(new_id(), accounts[0], OPENED_AT))
+        started = now()
+        await produce_batched(
+            kafka,
+            PLATFORM_ACCOUNTS.name,
+            PLATFORM_ACCOUNTS.partitions,
+            ((a.encode(), account_opened_json(new_id(), a, OPENED_AT)) for a in accounts),
+        )
+        conn = await connect(stack, "license_orders")
+        try:
+            lo, hi = f"{prefix}-", f"{prefix}-~"
+
+            async def opened() -> bool:
+                found = await conn.fetchval("select count(*) from accounts where account_id between $1 and $2", lo, hi)
+                return int(found) >= len(accounts)
+
+            await wait_for(opened, args.timeout, "the worker to open the accounts")
+        finally:
+            await conn.close()
+        mix = Mix(accounts, rng)
+        first = [mix.purchase(a, args.licenses) for a in accounts]
+        await produce_batched(kafka, COMMANDS, LICENSING_COMMANDS.partitions, encode(first))
+        ids = [str(c.message_id) for c in first]
+        await wait_for(lambda: results.have_all(ids), args.timeout, "the first purchases' results")
+        say(
+            f"1. {len(accounts):,} accounts opened and {args.licenses} user licenses bought each in {now() - started:.1f} s"
+        )
+
+        # 2. Closed loop.
+        commands = [mix.next() for _ in range(args.commands)]
+        payloads = encode(commands)
+        ids = [str(c.message_id) for c in commands]
+        async with Admin(stack) as admin:
+            starts = await admin.ends([COMMANDS])
+            with sampler.phase("closed loop") as cpu_closed:
+                started = now()
+                await produce_batched(kafka, COMMANDS, LICENSING_COMMANDS.partitions, payloads)
+                produced = now() - started
+                await wait_for(
+                    lambda: results.have_all(ids),
+                    args.timeout,
+                    "the closed loop's results",
+                    progress=lambda: f"{len(ids) - results.missing(ids):,}/{len(ids):,} results",
+                )
+                elapsed = now() - started
+            ends = await admin.ends([COMMANDS])
+        closed_rate = len(ids) / elapsed
+        raw_rate = await raw_read_rate(stack, starts, ends)
+        say(
+            f"2. closed loop: {len(ids):,} commands {dict(sorted(mix.counts.items()))} sent in {produced:.2f} s; "
+            f"every result in {elapsed:.1f} s = {closed_rate:,.0f} commands/s "
+            f"({100 * closed_rate / raw_rate:.2f} % of a bare consumer reading them: {raw_rate:,.0f}/s)"
+        )
+
+        # 3. Open loop at a fixed rate.
+        total = int(args.rate * args.seconds)
+        mix.counts.clear()
+        commands = [mix.next() for _ in range(total)]
+        partition_of = KeyPartitioner(LICENSING_COMMANDS.partitions)
+        items: list[tuple[float, str, int, bytes, bytes]] = []
+        for i, command in enumerate(commands):
+            key = command.account_id.encode()
+            items.append((i / args.rate, COMMANDS, partition_of(key), key, command.model_dump_json().encode()))
+        intended = {str(c.message_id): i / args.rate for i, c in enumerate(commands)}
+        clock = [0.0]
+        results.watch_commands = True
+        latency_producer = producer(stack, linger_ms=5)
+        await latency_producer.start()
+        try:
+            with sampler.phase("open loop") as cpu_open:
+                sent = await open_loop(latency_producer, items, clock)
+                open_ids = list(intended)
+                await wait_for(lambda: results.have_all(open_ids), 60.0, "the open loop's results")
+        finally:
+            await latency_producer.stop()
+        latencies = [results.arrived[i] - (clock[0] + at) for i, at in intended.items()]
+        by_type: dict[str, list[float]] = {}
+        for command in commands:
+            mid = str(command.message_id)
+            by_type.setdefault(command.type, []).append(results.arrived[mid] - (clock[0] + intended[mid]))
+        transport = [
+            results.commands_seen[i] - (clock[0] + at) for i, at in intended.items() if i in results.commands_seen
+        ]
+        lag = sorted(sent.send_lag)
+        say(
+            f"3. open loop: {sent.sent:,} commands at {args.rate}/s in {sent.duration:.1f} s, errors {sent.errors}, "
+            f"sender lag p99 {1000 * percentile(lag, 99):.1f} ms"
+        )
+        say(f"   transport floor (intended send -> a bare consumer has the command): {latency_line(transport)}")
+        say(f"   latency (intended send -> result event arrival): {latency_line(latencies)}")
+        for kind, values in sorted(by_type.items()):
+            say(f"     {kind}: {latency_line(values)}")
+        if results.rejections:
+            sample = results.rejections[0]
+            say(
+                f"   WARNING {len(results.rejections)} commands rejected, e.g. {sample['reason_code']}: {sample['reason']}"
+            )
+
+        p99 = p99_ms(latencies)
+        say("\n== summary")
+        say(f"   result events by type: {dict(sorted(results.types.items()))}")
+        say(f"   sustained {closed_rate:,.0f} commands/s (target >= 1,000): {verdict(closed_rate >= 1000)}")
+        say(f"   p99 {p99:.1f} ms at {args.rate}/s (target <= 50 ms): {verdict(p99 <= 50)}")
+        say(
+            f"   worker CPU: closed loop {cpu_closed.get(SERVICE, (0.0, 0.0))[0]:.0f} %, "
+            f"open loop {cpu_open.get(SERVICE, (0.0, 0.0))[0]:.0f} % of a core"
+        )
+        return 1 if results.rejections else 0
+    finally:
+        await kafka.stop()
+        await reader.stop()
+        workers.stop_all()
+
+
+if __name__ == "__main__":
+    run_main(main)
