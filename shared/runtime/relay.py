@@ -102,24 +102,23 @@ class OutboxRelay:
                     pending.append(
                         (row, await self.producer.send(topic, value=payload, key=key.encode() if key else None))
                     )
-                except NEVER_DELIVERABLE as exc:  # refused before sending (e.g. over max_request_size)
-                    failed.append((row, exc))
+                except NEVER_DELIVERABLE as refused:  # refused before sending (e.g. over max_request_size)
+                    failed.append((row, refused))
             results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
-            failed += [
-                (row, exc) for (row, _), exc in zip(pending, results, strict=True) if isinstance(exc, BaseException)
-            ]
-            if any(not isinstance(exc, NEVER_DELIVERABLE) for _, exc in failed):
-                raise next(exc for _, exc in failed if not isinstance(exc, NEVER_DELIVERABLE))  # retry the batch
-            for (row_id, topic, _key, payload), exc in failed:
+            failed += [(row, r) for (row, _), r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            retry = [error for _, error in failed if not isinstance(error, NEVER_DELIVERABLE)]
+            if retry:
+                raise retry[0]  # the broker may take it later: retry the batch
+            for (row_id, topic, _key, payload), error in failed:
                 # The broker will never take this record (e.g. too large): keep it for operators
                 # instead of blocking every later event of the service.
-                log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(exc)})
+                log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(error)})
                 await session.execute(
                     sa.text(
                         'insert into dead_letters (topic, partition, "offset", error, payload) '
                         "values (:t, -1, :o, :e, :p) on conflict do nothing"
                     ),
-                    {"t": f"outbox:{topic}", "o": row_id, "e": repr(exc), "p": payload},
+                    {"t": f"outbox:{topic}", "o": row_id, "e": repr(error), "p": payload},
                 )
             await session.execute(sa.text("delete from outbox where id = any(:ids)"), {"ids": [r[0] for r in rows]})
         self.published += len(rows)

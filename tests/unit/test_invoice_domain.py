@@ -55,7 +55,7 @@ def usage_sealed(
     )
 
 
-def recurring(product: str = "user", quantity: int = 5, unit_price: str = "15.00") -> m.RecurringCharge:
+def recurring(product: m.Product = "user", quantity: int = 5, unit_price: str = "15.00") -> m.RecurringCharge:
     price = Decimal(unit_price)
     return m.RecurringCharge(
         product=product,
