@@ -146,20 +146,37 @@ def apply_purchase(balance: Balance, quote: PurchaseQuote) -> Balance:
     )
 
 
+def removal_effective_on(removal_day: date, billing_day: int, open_cycle: Cycle) -> date:
+    """A removal takes effect at the end of its cycle, or of the open cycle if its own is sealed."""
+    return max(cycle_containing(billing_day, removal_day), open_cycle).end
+
+
 def schedule_removal(
-    balance: Balance, product: str, quantity: int, removal_day: date, billing_day: int, open_cycle: Cycle
+    balance: Balance,
+    product: str,
+    quantity: int,
+    removal_day: date,
+    billing_day: int,
+    open_cycle: Cycle,
+    held_at_end: int | None = None,
 ) -> tuple[Balance, date]:
-    """Schedule ``quantity`` available licenses to leave at the end of the current cycle."""
+    """Schedule ``quantity`` available licenses to leave at the end of the current cycle.
+
+    ``held_at_end``: licenses bought before that end and not already leaving then. A license
+    bought on or after it (dated in a later cycle, the close not run yet) cannot leave before
+    it was held, so it is not removable by this removal.
+    """
     check_quantity(quantity)
-    if quantity > balance.available:
+    removable = balance.available if held_at_end is None else max(0, min(balance.available, held_at_end))
+    if quantity > removable:
         name = PRODUCT_NAMES.get(product, product)
         raise Rejected(
             "insufficient_available_licenses",
-            f"only {balance.available} of your {balance.purchased} {name} licenses are unassigned and not "
-            f"already scheduled for removal; unassign some before removing more than {balance.available}",
+            f"only {removable} of your {balance.purchased} {name} licenses are unassigned and not "
+            f"already scheduled for removal; unassign some before removing more than {removable}",
         )
-    current = max(cycle_containing(billing_day, removal_day), open_cycle)
-    return replace(balance, scheduled_for_removal=balance.scheduled_for_removal + quantity), current.end
+    effective_on = removal_effective_on(removal_day, billing_day, open_cycle)
+    return replace(balance, scheduled_for_removal=balance.scheduled_for_removal + quantity), effective_on
 
 
 def assign(balance: Balance, product: str, already_assigned: bool) -> Balance:

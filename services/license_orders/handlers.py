@@ -5,7 +5,7 @@ from __future__ import annotations
 from contracts import messages as m
 from contracts.topics import LICENSING_EVENTS
 from services.license_orders import domain
-from services.license_orders.storage import Account, LicenseStore
+from services.license_orders.storage import CommandState, LicenseStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
@@ -24,12 +24,12 @@ def _balance(balance: domain.Balance) -> m.Balance:
     )
 
 
-async def _account(store: LicenseStore, command: m.Command) -> Account:
+async def _state(store: LicenseStore, command: m.Command, product: str, assignee_id: str = "") -> CommandState:
     domain.authorize(command.type, command.actor.role)
-    account = await store.account(command.account_id)
-    if account is None:
+    state = await store.command_state(command.account_id, product, command.business_date, assignee_id)
+    if state is None:
         raise Rejected("unknown_account", f"account {command.account_id} is not open")
-    return account
+    return state
 
 
 @registry.on(m.AccountOpened)
@@ -41,24 +41,24 @@ async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
         await registry.dispatch(unit, parked)
 
 
-async def _quote(
-    store: LicenseStore, account: Account, command: m.PreviewLicensePurchase | m.PurchaseLicenses
-) -> tuple[domain.Balance, domain.PurchaseQuote]:
-    price = await store.unit_price(account.account_id, command.product)
-    if price is None:
+def _quote(state: CommandState, command: m.PreviewLicensePurchase | m.PurchaseLicenses) -> domain.PurchaseQuote:
+    if state.unit_price is None:
         raise Rejected("unknown_product", f"{command.product} has no price in the catalog")
-    balance = await store.balance(account.account_id, command.product)
-    restorable = await store.restorable(account.account_id, command.product, command.business_date)
-    quote = domain.quote_purchase(
-        balance, command.quantity, price, command.business_date, account.billing_day, account.open_cycle, restorable
+    account = state.account
+    return domain.quote_purchase(
+        state.balance,
+        command.quantity,
+        state.unit_price,
+        command.business_date,
+        account.billing_day,
+        account.open_cycle,
+        state.restorable,
     )
-    return balance, quote
 
 
 @registry.on(m.PreviewLicensePurchase)
 async def preview_purchase(unit: Unit, command: m.PreviewLicensePurchase) -> None:
-    store = LicenseStore(unit.session)
-    _, quote = await _quote(store, await _account(store, command), command)
+    quote = _quote(await _state(LicenseStore(unit.session), command, command.product), command)
     unit.emit(
         EVENTS,
         m.LicensePurchasePreview.caused_by(
@@ -79,13 +79,14 @@ async def preview_purchase(unit: Unit, command: m.PreviewLicensePurchase) -> Non
 @registry.on(m.PurchaseLicenses)
 async def purchase(unit: Unit, command: m.PurchaseLicenses) -> None:
     store = LicenseStore(unit.session)
-    account = await _account(store, command)
-    balance, quote = await _quote(store, account, command)
-    after = domain.apply_purchase(balance, quote)
+    state = await _state(store, command, command.product)
+    quote = _quote(state, command)
+    after = domain.apply_purchase(state.balance, quote)
     if quote.quantity_restored:
-        await store.restore(account.account_id, command.product, quote.quantity_restored, command.business_date)
-    await store.record_purchase(account.account_id, command.product, command.business_date, quote, command.message_id)
-    await store.save_balance(account.account_id, command.product, after)
+        await store.restore(command.account_id, command.product, quote.quantity_restored, command.business_date)
+    await store.record_purchase(
+        command.account_id, command.product, command.business_date, quote, command.message_id, after
+    )
     unit.emit(
         EVENTS,
         m.LicensesPurchased.caused_by(
@@ -105,13 +106,19 @@ async def purchase(unit: Unit, command: m.PurchaseLicenses) -> None:
 @registry.on(m.RemoveLicenses)
 async def remove(unit: Unit, command: m.RemoveLicenses) -> None:
     store = LicenseStore(unit.session)
-    account = await _account(store, command)
-    balance = await store.balance(account.account_id, command.product)
+    state = await _state(store, command, command.product)
+    account = state.account
+    end = domain.removal_effective_on(command.business_date, account.billing_day, account.open_cycle)
     after, effective_on = domain.schedule_removal(
-        balance, command.product, command.quantity, command.business_date, account.billing_day, account.open_cycle
+        state.balance,
+        command.product,
+        command.quantity,
+        command.business_date,
+        account.billing_day,
+        account.open_cycle,
+        held_at_end=await store.held_at(command.account_id, command.product, end),
     )
-    await store.schedule_removal(account.account_id, command.product, command.quantity, effective_on)
-    await store.save_balance(account.account_id, command.product, after)
+    await store.schedule_removal(command.account_id, command.product, command.quantity, effective_on, after)
     unit.emit(
         EVENTS,
         m.LicenseRemovalScheduled.caused_by(
@@ -127,12 +134,9 @@ async def remove(unit: Unit, command: m.RemoveLicenses) -> None:
 @registry.on(m.AssignLicense)
 async def assign(unit: Unit, command: m.AssignLicense) -> None:
     store = LicenseStore(unit.session)
-    account = await _account(store, command)
-    balance = await store.balance(account.account_id, command.product)
-    held = await store.is_assigned(account.account_id, command.product, command.assignee_id)
-    after = domain.assign(balance, command.product, held)
-    await store.add_assignment(account.account_id, command.product, command.assignee_id)
-    await store.save_balance(account.account_id, command.product, after)
+    state = await _state(store, command, command.product, command.assignee_id)
+    after = domain.assign(state.balance, command.product, state.held)
+    await store.add_assignment(command.account_id, command.product, command.assignee_id, after)
     unit.emit(
         EVENTS,
         m.LicenseAssigned.caused_by(
@@ -144,12 +148,9 @@ async def assign(unit: Unit, command: m.AssignLicense) -> None:
 @registry.on(m.UnassignLicense)
 async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
     store = LicenseStore(unit.session)
-    account = await _account(store, command)
-    balance = await store.balance(account.account_id, command.product)
-    held = await store.is_assigned(account.account_id, command.product, command.assignee_id)
-    after = domain.unassign(balance, command.product, held)
-    await store.remove_assignment(account.account_id, command.product, command.assignee_id)
-    await store.save_balance(account.account_id, command.product, after)
+    state = await _state(store, command, command.product, command.assignee_id)
+    after = domain.unassign(state.balance, command.product, state.held)
+    await store.remove_assignment(command.account_id, command.product, command.assignee_id, after)
     unit.emit(
         EVENTS,
         m.LicenseUnassigned.caused_by(

@@ -110,6 +110,36 @@ class Account:
     open_cycle: Cycle
 
 
+@dataclass(frozen=True)
+class CommandState:
+    """Everything one license command needs, read (and locked) in one round trip."""
+
+    account: Account
+    balance: Balance
+    unit_price: Decimal | None
+    restorable: int
+    held: bool
+
+
+COMMAND_STATE = sa.text(
+    """
+    select a.billing_day, a.open_cycle_start, a.open_cycle_end,
+           coalesce(b.purchased, 0), coalesce(b.assigned, 0), coalesce(b.scheduled_for_removal, 0),
+           coalesce((select unit_price from account_prices where account_id = a.account_id and product = :p),
+                    (select unit_price from prices where product = :p)),
+           (select coalesce(sum(quantity), 0) from removals r where r.account_id = a.account_id
+              and r.product = :p and not r.applied and r.effective_on > :d),
+           exists(select 1 from assignments s where s.account_id = a.account_id and s.product = :p
+                    and s.assignee_id = :who)
+    from accounts a left join lateral (
+        select * from balances where account_id = a.account_id and product = :p for update
+    ) b on true
+    where a.account_id = :a
+    for share of a
+    """
+)
+
+
 class LicenseStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -139,6 +169,33 @@ class LicenseStore:
         if row is None:
             return None
         return Account(row.account_id, row.billing_day, Cycle(row.open_cycle_start, row.open_cycle_end))
+
+    async def command_state(
+        self, account_id: str, product: str, day: date, assignee_id: str = ""
+    ) -> CommandState | None:
+        """The account (shared lock), its balance of ``product`` (exclusive lock), the price, the
+        removals still pending on ``day`` and whether ``assignee_id`` holds a license."""
+        row = (
+            await self.session.execute(COMMAND_STATE, {"a": account_id, "p": product, "d": day, "who": assignee_id})
+        ).first()
+        if row is None:
+            return None
+        account = Account(account_id, row[0], Cycle(row[1], row[2]))
+        return CommandState(account, Balance(row[3], row[4], row[5]), row[6], int(row[7]), bool(row[8]))
+
+    async def held_at(self, account_id: str, product: str, end: date) -> int:
+        """Licenses bought before ``end`` that are not already leaving by then."""
+        value = await self.session.scalar(
+            sa.text(
+                "select coalesce((select purchased from balances where account_id = :a and product = :p), 0) "
+                "- (select coalesce(sum(quantity_added), 0) from purchases "
+                "   where account_id = :a and product = :p and purchase_day >= :e) "
+                "- (select coalesce(sum(quantity), 0) from removals "
+                "   where account_id = :a and product = :p and not applied and effective_on <= :e)"
+            ),
+            {"a": account_id, "p": product, "e": end},
+        )
+        return int(value or 0)
 
     async def move_open_cycle(self, account_id: str, cycle: Cycle) -> None:
         await self.session.execute(
@@ -191,71 +248,87 @@ class LicenseStore:
             price = await self.session.scalar(catalog)
         return price
 
-    async def is_assigned(self, account_id: str, product: str, assignee_id: str) -> bool:
-        found = await self.session.scalar(
-            sa.select(sa.literal(True)).where(
-                assignments.c.account_id == account_id,
-                assignments.c.product == product,
-                assignments.c.assignee_id == assignee_id,
-            )
-        )
-        return bool(found)
-
-    async def add_assignment(self, account_id: str, product: str, assignee_id: str) -> None:
-        await self.session.execute(
-            sa.insert(assignments).values(account_id=account_id, product=product, assignee_id=assignee_id)
+    async def add_assignment(self, account_id: str, product: str, assignee_id: str, after: Balance) -> None:
+        await self.save_balance_and(
+            account_id,
+            product,
+            after,
+            "insert into assignments (account_id, product, assignee_id) values (:account_id, :product, :who)",
+            who=assignee_id,
         )
 
-    async def remove_assignment(self, account_id: str, product: str, assignee_id: str) -> None:
+    async def remove_assignment(self, account_id: str, product: str, assignee_id: str, after: Balance) -> None:
+        await self.save_balance_and(
+            account_id,
+            product,
+            after,
+            "delete from assignments where account_id = :account_id and product = :product and assignee_id = :who",
+            who=assignee_id,
+        )
+
+    async def save_balance_and(
+        self, account_id: str, product: str, balance: Balance, statement: str, **params: Any
+    ) -> None:
+        """Upsert the balance and run one more write in the same statement (one round trip)."""
         await self.session.execute(
-            sa.delete(assignments).where(
-                assignments.c.account_id == account_id,
-                assignments.c.product == product,
-                assignments.c.assignee_id == assignee_id,
-            )
+            sa.text(
+                f"with other as ({statement}) "
+                "insert into balances (account_id, product, purchased, assigned, scheduled_for_removal) "
+                "values (:account_id, :product, :purchased, :assigned, :scheduled) "
+                "on conflict (account_id, product) do update set purchased = excluded.purchased, "
+                "assigned = excluded.assigned, scheduled_for_removal = excluded.scheduled_for_removal"
+            ),
+            {
+                "account_id": account_id,
+                "product": product,
+                "purchased": balance.purchased,
+                "assigned": balance.assigned,
+                "scheduled": balance.scheduled_for_removal,
+                **params,
+            },
         )
 
     async def record_purchase(
-        self, account_id: str, product: str, day: date, quote: PurchaseQuote, command_id: uuid.UUID
+        self, account_id: str, product: str, day: date, quote: PurchaseQuote, command_id: uuid.UUID, after: Balance
     ) -> uuid.UUID:
+        """The purchase, its proration charges and the new balance, in one statement."""
         purchase_id = uuid.uuid5(command_id, "purchase")
-        await self.session.execute(
-            sa.insert(purchases).values(
-                purchase_id=purchase_id,
-                account_id=account_id,
-                product=product,
-                purchase_day=day,
-                quantity_restored=quote.quantity_restored,
-                quantity_added=quote.quantity_added,
-                unit_price=quote.unit_price,
-                command_id=command_id,
-            )
+        segments = quote.segments
+        await self.save_balance_and(
+            account_id,
+            product,
+            after,
+            "insert into purchases (purchase_id, account_id, product, purchase_day, quantity_restored, "
+            "quantity_added, unit_price, command_id) values (:pid, :account_id, :product, :day, :restored, :added, "
+            ":price, :cid)), charges as (insert into proration_charges (purchase_id, account_id, product, quantity, "
+            "unit_price, amount, period_start, period_end, late) select :pid, :account_id, :product, :added, :price, "
+            "s.amount, s.period_start, s.period_end, s.late from unnest(cast(:amounts as numeric[]), "
+            "cast(:starts as date[]), cast(:ends as date[]), cast(:lates as boolean[])) "
+            "as s(amount, period_start, period_end, late)",
+            pid=purchase_id,
+            day=day,
+            restored=quote.quantity_restored,
+            added=quote.quantity_added,
+            price=quote.unit_price,
+            cid=command_id,
+            amounts=[seg.amount for seg in segments],
+            starts=[seg.period_start for seg in segments],
+            ends=[seg.period_end for seg in segments],
+            lates=[seg.late for seg in segments],
         )
-        if quote.segments:
-            await self.session.execute(
-                sa.insert(proration_charges),
-                [
-                    {
-                        "purchase_id": purchase_id,
-                        "account_id": account_id,
-                        "product": product,
-                        "quantity": quote.quantity_added,
-                        "unit_price": quote.unit_price,
-                        "amount": segment.amount,
-                        "period_start": segment.period_start,
-                        "period_end": segment.period_end,
-                        "late": segment.late,
-                    }
-                    for segment in quote.segments
-                ],
-            )
         return purchase_id
 
-    async def schedule_removal(self, account_id: str, product: str, quantity: int, effective_on: date) -> None:
-        await self.session.execute(
-            sa.insert(removals).values(
-                account_id=account_id, product=product, quantity=quantity, effective_on=effective_on
-            )
+    async def schedule_removal(
+        self, account_id: str, product: str, quantity: int, effective_on: date, after: Balance
+    ) -> None:
+        await self.save_balance_and(
+            account_id,
+            product,
+            after,
+            "insert into removals (account_id, product, quantity, effective_on) "
+            "values (:account_id, :product, :quantity, :effective_on)",
+            quantity=quantity,
+            effective_on=effective_on,
         )
 
     async def restorable(self, account_id: str, product: str, day: date) -> int:

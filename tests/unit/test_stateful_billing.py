@@ -8,9 +8,10 @@ I/O): license balances through ``services.license_orders.domain``, the cycle's m
 without the domain modules, says what every license-day and every call should cost; the
 invoices must add up to it after every close.
 
-Business time only moves forward and never past the open cycle's end, so the machine also
-visits the day a cycle has ended but is not closed yet: purchases, removals, calls and cap
-changes dated that day belong to the next cycle.
+"Today" only moves forward and never past the open cycle's end, so the machine also visits the
+day a cycle has ended but is not closed yet: purchases, removals, calls and cap changes dated
+that day belong to the next cycle. Purchases, removals and calls may also arrive dated earlier
+than today (sent before, handled now), in the open cycle or in one already closed (late).
 """
 
 from __future__ import annotations
@@ -379,16 +380,20 @@ class OneAccountOverSeveralCycles(RuleBasedStateMachine):
     def remove(self, product: m.Product, quantity: int, day: date) -> None:
         """What license orders does with a ``RemoveLicenses`` dated ``day``."""
         balance = self.balances[product]
-        if quantity > self.reference.available(product):
+        held = self.held_before(product, day)  # what license orders reads from its tables
+        removable = max(0, min(self.reference.available(product), held))
+        if quantity > removable:
             with pytest.raises(Rejected) as refused:
-                licensing.schedule_removal(balance, product, quantity, day, self.billing_day, self.open_cycle)
+                licensing.schedule_removal(
+                    balance, product, quantity, day, self.billing_day, self.open_cycle, held_at_end=held
+                )
             assert refused.value.reason_code == "insufficient_available_licenses"
-            assert f"only {balance.available} " in refused.value.reason
-            event("a removal of more than the available licenses is refused")
+            assert f"only {removable} " in refused.value.reason
+            event("a removal of more than the removable licenses is refused")
             return
 
         after, effective_on = licensing.schedule_removal(
-            balance, product, quantity, day, self.billing_day, self.open_cycle
+            balance, product, quantity, day, self.billing_day, self.open_cycle, held_at_end=held
         )
 
         assert effective_on == self.reference.remove(product, day, quantity)
@@ -407,10 +412,9 @@ class OneAccountOverSeveralCycles(RuleBasedStateMachine):
         """Licenses a removal dated ``day`` can take: bought before it takes effect, not leaving by then.
 
         A removal dated before the open cycle's end, handled after a purchase dated on or after
-        that end, could otherwise take away a license that was never held before the removal
-        takes effect; the domain accepts that and bills the license anyway (see the xfail test
-        ``test_a_removal_dated_before_the_cycle_end_never_removes_a_license_bought_after_it``),
-        so the machine does not generate it.
+        that end, must not take away a license that was never held before the removal takes
+        effect (``test_a_removal_dated_before_the_cycle_end_never_removes_a_license_bought_after_it``);
+        license orders passes this count to ``schedule_removal`` as ``held_at_end``.
         """
         book = self.reference
         effective_on = book.cycle_of(max(day, book.applied_through or day))[1]
@@ -422,12 +426,9 @@ class OneAccountOverSeveralCycles(RuleBasedStateMachine):
     def remove_licenses_reported_late(self, product: m.Product, data: st.DataObject) -> None:
         day = self.earlier_day(data)
         available = self.reference.available(product)
-        removable = min(available, self.held_before(product, day))
-        if removable < available:
+        if min(available, self.held_before(product, day)) < available:
             event("a late removal is held to the licenses bought before it takes effect")
-        if removable < 1:
-            return
-        self.remove(product, data.draw(st.integers(min_value=1, max_value=removable), label="quantity"), day)
+        self.remove(product, data.draw(st.integers(min_value=1, max_value=available + 1), label="quantity"), day)
         if day < self.open_cycle.start:
             event("a removal dated in a closed cycle")
 
@@ -753,3 +754,37 @@ def test_the_reference_rounds_half_a_cent_up() -> None:
     assert half_up_to_the_cent(Fraction("2.525")) == Fraction("2.53")
     assert half_up_to_the_cent(Fraction("0.0425")) == Fraction("0.04")
     assert half_up_to_the_cent(Fraction(0)) == 0
+
+
+def test_a_removal_dated_before_the_cycle_end_never_removes_a_license_bought_after_it() -> None:
+    """January is open; a purchase dated Feb 1 is handled, then a removal dated Jan 31 (sent before it).
+
+    On Jan 31 the account held no license, yet ``schedule_removal`` accepts the removal (the
+    Feb 1 license is available) and makes it leave on Feb 1. Closing January, ``seal`` gets
+    1 removal due and 1 license bought on or after the end and returns ``kept == -1`` (license
+    orders bills no recurring line for it), and February's invoice still charges the Feb 1
+    purchase's 15.00 proration for a license that left on Feb 1: a month billed, no day held.
+    Either refusing the removal or letting it take effect when that license's first cycle
+    ends (Mar 1) would bill every license-day once.
+    """
+    january = Cycle(date(2026, 1, 1), date(2026, 2, 1))
+    february = next_cycle(1, january)
+    price = Decimal("15.00")
+
+    bought = licensing.quote_purchase(licensing.Balance(), 1, price, february.start, 1, january, restorable=0)
+    balance = licensing.apply_purchase(licensing.Balance(), bought)
+    try:
+        # held at Jan 31's cycle end: none (the one license was bought on Feb 1)
+        balance, effective_on = licensing.schedule_removal(
+            balance, "user", 1, date(2026, 1, 31), 1, january, held_at_end=0
+        )
+    except Rejected:
+        return  # refused: on Jan 31 there was no license to remove
+    balance.check()
+
+    removing = 1 if effective_on <= january.end else 0
+    balance, kept = licensing.seal(balance, removing, bought_on_or_after_end=1)
+    assert kept >= 0, f"seal keeps {kept} licenses into February"
+    billed = price * kept + bought.prorated_amount  # January's recurring line + February's proration line
+    months_held = 1 if effective_on > february.start else 0
+    assert billed == price * months_held, f"billed {billed} for {months_held} months held"
