@@ -101,6 +101,7 @@ async def dbs():
 @pytest.fixture(scope="session")
 async def stack(workers: Workers, bus: Bus, dbs) -> AsyncIterator[Bus]:
     """Everything running, and every worker past start-up (it answered a probe account)."""
+    bus.dbs = dbs  # type: ignore[attr-defined]  # lets helpers wait for what the services recorded
     from datetime import UTC, datetime
 
     from contracts.messages import AccountOpened

@@ -67,3 +67,23 @@ def message(model: type[Any], account_id: str, day: date, actor: Actor | None = 
     """A contract message for ``account_id`` happening at noon UTC on ``day``."""
     extra = {"actor": actor} if actor is not None else {}
     return model(message_id=uuid.uuid4(), account_id=account_id, occurred_at=at(day), **extra, **fields)
+
+
+ACCOUNT_TABLES = {"license_orders": "accounts", "usage_metering": "accounts", "cycle_close": "billing_accounts"}
+
+
+async def open_account(bus: Bus, day: date = date(2026, 11, 1), billing_day: int = 1) -> str:
+    """Open a fresh account and wait until all three services know it (as the admin UI would
+    before offering to buy licenses)."""
+    from contracts.messages import AccountOpened
+
+    account = new_account()
+    await bus.send("platform.accounts", message(AccountOpened, account, day, billing_day=billing_day))
+    dbs = getattr(bus, "dbs", None)
+    if dbs is not None:
+        for service, table in ACCOUNT_TABLES.items():
+            await wait_until(
+                lambda s=service, t=table: scalar(dbs[s], f"select count(*) from {t} where account_id = :a", a=account),  # type: ignore[misc]
+                what=f"{service} to open the account",
+            )
+    return account

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, time
 
 from contracts import messages as m
@@ -75,57 +76,70 @@ async def close_cycles(unit: Unit, command: m.CloseBillingCycles) -> None:
         )
 
 
-@registry.on(m.LicenseCycleSealed)
-async def licenses_sealed(unit: Unit, report: m.LicenseCycleSealed) -> None:
-    await _report_in(unit, report, "license_report")
+@registry.on_batch(m.LicenseCycleSealed)
+async def licenses_sealed(unit: Unit, reports: list[m.LicenseCycleSealed]) -> None:
+    await _reports_in(unit, reports, "license_report")
 
 
-@registry.on(m.UsageCycleSealed)
-async def usage_sealed(unit: Unit, report: m.UsageCycleSealed) -> None:
-    await _report_in(unit, report, "usage_report")
+@registry.on_batch(m.UsageCycleSealed)
+async def usage_sealed(unit: Unit, reports: list[m.UsageCycleSealed]) -> None:
+    await _reports_in(unit, reports, "usage_report")
 
 
-async def _report_in(unit: Unit, report: m.LicenseCycleSealed | m.UsageCycleSealed, column: str) -> None:
+async def _reports_in(unit: Unit, reports: Sequence[m.LicenseCycleSealed | m.UsageCycleSealed], column: str) -> None:
+    """Keep the seals' reports; every close that now has both gets its invoice (set-based)."""
     store = CloseStore(unit.session)
-    row = await store.store_report(report.account_id, report.cycle_start, column, report.model_dump_json().encode())
-    if row is None:
-        raise ValueError(f"a seal for a cycle nobody asked to close: {report.account_id} {report.cycle_start}")
-    if row.invoice_id is not None or row.license_report is None or row.usage_report is None:
+    rows = await store.store_reports(
+        column, [(r.account_id, r.cycle_start, r.model_dump_json().encode()) for r in reports]
+    )
+    found = {(row.account_id, row.cycle_start) for row in rows}
+    for report in reports:
+        if (report.account_id, report.cycle_start) not in found:
+            raise ValueError(f"a seal for a cycle nobody asked to close: {report.account_id} {report.cycle_start}")
+    ready = [r for r in rows if r.invoice_id is None and r.license_report is not None and r.usage_report is not None]
+    if not ready:
         return  # already invoiced, or still waiting for the other seal
-    cycle = Cycle(row.cycle_start, row.cycle_end)
-    licenses = m.LicenseCycleSealed.model_validate_json(row.license_report)
-    usage = m.UsageCycleSealed.model_validate_json(row.usage_report)
-    devices = await store.take_device_orders(report.account_id, cycle)
-    lines = domain.invoice_lines(cycle, licenses, usage, devices)
-    invoice_id = invoice_id_for(report.account_id, cycle)
-    closed_at = datetime.combine(cycle.end, time(0), UTC)
-    invoice = m.InvoiceIssued(
-        message_id=uuid.uuid5(invoice_id, "InvoiceIssued"),
-        account_id=report.account_id,
-        occurred_at=closed_at,
-        causation_id=report.message_id,
-        invoice_id=invoice_id,
-        cycle_start=cycle.start,
-        cycle_end=cycle.end,
-        issued_on=cycle.end,
-        due_on=cycle.end,
-        lines=lines,
-        total=domain.total(lines),
-    )
-    if not await store.save_invoice(report.account_id, invoice):
-        return
-    following = next_cycle(row.billing_day, cycle)
-    unit.emit(BILLING_INVOICES.name, invoice)
-    unit.emit(
-        BILLING_CYCLES.name,
-        m.BillingCycleClosed(
-            message_id=uuid.uuid5(invoice_id, "BillingCycleClosed"),
-            account_id=report.account_id,
-            occurred_at=closed_at,
-            causation_id=report.message_id,
-            cycle_start=cycle.start,
-            cycle_end=cycle.end,
-            next_cycle_start=following.start,
-            next_cycle_end=following.end,
-        ),
-    )
+    cause = {(r.account_id, r.cycle_start): r for r in reports}
+    devices = await store.take_device_orders_many([(r.account_id, Cycle(r.cycle_start, r.cycle_end)) for r in ready])
+    invoices: list[tuple[m.InvoiceIssued, m.BillingCycleClosed]] = []
+    for row in ready:
+        cycle = Cycle(row.cycle_start, row.cycle_end)
+        licenses = m.LicenseCycleSealed.model_validate_json(row.license_report)
+        usage = m.UsageCycleSealed.model_validate_json(row.usage_report)
+        lines = domain.invoice_lines(cycle, licenses, usage, devices.get((row.account_id, cycle.start), []))
+        invoice_id = invoice_id_for(row.account_id, cycle)
+        closed_at = datetime.combine(cycle.end, time(0), UTC)
+        causation = cause[(row.account_id, row.cycle_start)].message_id
+        following = next_cycle(row.billing_day, cycle)
+        invoices.append(
+            (
+                m.InvoiceIssued(
+                    message_id=uuid.uuid5(invoice_id, "InvoiceIssued"),
+                    account_id=row.account_id,
+                    occurred_at=closed_at,
+                    causation_id=causation,
+                    invoice_id=invoice_id,
+                    cycle_start=cycle.start,
+                    cycle_end=cycle.end,
+                    issued_on=cycle.end,
+                    due_on=cycle.end,
+                    lines=lines,
+                    total=domain.total(lines),
+                ),
+                m.BillingCycleClosed(
+                    message_id=uuid.uuid5(invoice_id, "BillingCycleClosed"),
+                    account_id=row.account_id,
+                    occurred_at=closed_at,
+                    causation_id=causation,
+                    cycle_start=cycle.start,
+                    cycle_end=cycle.end,
+                    next_cycle_start=following.start,
+                    next_cycle_end=following.end,
+                ),
+            )
+        )
+    new = await store.save_invoices([invoice for invoice, _ in invoices])
+    for invoice, closed in invoices:
+        if invoice.invoice_id in new:
+            unit.emit(BILLING_INVOICES.name, invoice)
+            unit.emit(BILLING_CYCLES.name, closed)

@@ -141,30 +141,106 @@ class CloseStore:
             {"a": [a for a, _ in rows], "s": [c.start for _, c in rows], "e": [c.end for _, c in rows]},
         )
 
-    async def store_report(self, account_id: str, cycle_start: date, column: str, report: bytes) -> Any:
-        """Keep a seal's report; return the close row (locked) with both reports, or None if unknown."""
+    async def store_reports(self, column: str, reports: list[tuple[str, date, bytes]]) -> list[Any]:
+        """Keep seals' reports (set-based); return the close rows they touched, with both reports,
+        the invoice id if already invoiced, and the account's billing day."""
         assert column in ("license_report", "usage_report")
-        return (
-            await self.session.execute(
-                sa.text(
-                    f"update cycle_closes c set {column} = coalesce(c.{column}, :r) from billing_accounts b "
-                    "where c.account_id = :a and c.cycle_start = :s and b.account_id = c.account_id "
-                    "returning c.cycle_start, c.cycle_end, c.license_report, c.usage_report, c.invoice_id, b.billing_day"
-                ),
-                {"a": account_id, "s": cycle_start, "r": report},
-            )
-        ).first()
+        if not reports:
+            return []
+        accounts, starts, payloads = (list(c) for c in zip(*reports, strict=True))
+        result = await self.session.execute(
+            sa.text(
+                f"update cycle_closes c set {column} = coalesce(c.{column}, r.report) "
+                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:r as bytea[])) as r(account_id, start, report), "
+                "billing_accounts b where c.account_id = r.account_id and c.cycle_start = r.start "
+                "and b.account_id = c.account_id returning c.account_id, c.cycle_start, c.cycle_end, "
+                "c.license_report, c.usage_report, c.invoice_id, b.billing_day"
+            ),
+            {"a": accounts, "s": starts, "r": payloads},
+        )
+        return list(result.all())
 
-    async def take_device_orders(self, account_id: str, cycle: Cycle) -> list[DeviceOrder]:
+    async def take_device_orders_many(
+        self, closes: list[tuple[str, Cycle]]
+    ) -> dict[tuple[str, date], list[DeviceOrder]]:
+        """For each (account, cycle): the device orders recorded so far, dated before the cycle end
+        and on no invoice yet, now marked as billed on this cycle's invoice."""
+        taken: dict[tuple[str, date], list[DeviceOrder]] = {}
+        if not closes:
+            return taken
         rows = await self.session.execute(
             sa.text(
-                "update device_orders set invoice_cycle_start = :s where account_id = :a "
-                "and invoice_cycle_start is null and ordered_on < :e "
-                "returning order_id, sku, description, quantity, unit_price, ordered_on"
+                "update device_orders d set invoice_cycle_start = r.start "
+                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[])) as r(account_id, start, stop) "
+                "where d.account_id = r.account_id and d.invoice_cycle_start is null and d.ordered_on < r.stop "
+                "returning d.account_id, r.start, d.order_id, d.sku, d.description, d.quantity, d.unit_price, d.ordered_on"
             ),
-            {"a": account_id, "s": cycle.start, "e": cycle.end},
+            {"a": [a for a, _ in closes], "s": [c.start for _, c in closes], "e": [c.end for _, c in closes]},
         )
-        return sorted((DeviceOrder(*r) for r in rows), key=lambda o: (o.ordered_on, o.order_id))
+        for row in rows:
+            taken.setdefault((row[0], row[1]), []).append(DeviceOrder(*row[2:]))
+        for orders in taken.values():
+            orders.sort(key=lambda o: (o.ordered_on, o.order_id))
+        return taken
+
+    async def save_invoices(self, invoices: list[m.InvoiceIssued]) -> set[uuid.UUID]:
+        """Store invoices and their lines (one per account and cycle); return the ids that were new."""
+        if not invoices:
+            return set()
+        inserted = await self.session.execute(
+            sa.text(
+                "insert into invoices select * from unnest(cast(:i as uuid[]), cast(:a as text[]), "
+                "cast(:s as date[]), cast(:e as date[]), cast(:iss as date[]), cast(:due as date[]), "
+                "cast(:t as numeric[])) on conflict do nothing returning invoice_id"
+            ),
+            {
+                "i": [v.invoice_id for v in invoices],
+                "a": [v.account_id for v in invoices],
+                "s": [v.cycle_start for v in invoices],
+                "e": [v.cycle_end for v in invoices],
+                "iss": [v.issued_on for v in invoices],
+                "due": [v.due_on for v in invoices],
+                "t": [v.total for v in invoices],
+            },
+        )
+        new = {row[0] for row in inserted}
+        lines = [(v, n, line) for v in invoices if v.invoice_id in new for n, line in enumerate(v.lines, start=1)]
+        if lines:
+            await self.session.execute(
+                sa.text(
+                    "insert into invoice_lines select * from unnest(cast(:i as uuid[]), cast(:n as int[]), "
+                    "cast(:k as text[]), cast(:p as text[]), cast(:d as text[]), cast(:q as int[]), "
+                    "cast(:u as numeric[]), cast(:amt as numeric[]), cast(:ps as date[]), cast(:pe as date[]), "
+                    "cast(:late as boolean[]))"
+                ),
+                {
+                    "i": [v.invoice_id for v, _, _ in lines],
+                    "n": [n for _, n, _ in lines],
+                    "k": [line.kind for _, _, line in lines],
+                    "p": [line.product for _, _, line in lines],
+                    "d": [line.description for _, _, line in lines],
+                    "q": [line.quantity for _, _, line in lines],
+                    "u": [line.unit_price for _, _, line in lines],
+                    "amt": [line.amount for _, _, line in lines],
+                    "ps": [line.period_start for _, _, line in lines],
+                    "pe": [line.period_end for _, _, line in lines],
+                    "late": [line.late for _, _, line in lines],
+                },
+            )
+        stored = [v for v in invoices if v.invoice_id in new]
+        if stored:
+            await self.session.execute(
+                sa.text(
+                    "update cycle_closes c set invoice_id = r.i from unnest(cast(:i as uuid[]), cast(:a as text[]), "
+                    "cast(:s as date[])) as r(i, a, s) where c.account_id = r.a and c.cycle_start = r.s"
+                ),
+                {
+                    "i": [v.invoice_id for v in stored],
+                    "a": [v.account_id for v in stored],
+                    "s": [v.cycle_start for v in stored],
+                },
+            )
+        return new
 
     async def record_device_order(self, account_id: str, order: DeviceOrder) -> bool:
         result: Any = await self.session.execute(
@@ -183,48 +259,3 @@ class CloseStore:
             },
         )
         return bool(result.rowcount)
-
-    async def save_invoice(self, account_id: str, invoice: m.InvoiceIssued) -> bool:
-        inserted = (
-            await self.session.execute(
-                sa.text(
-                    "insert into invoices values (:i, :a, :s, :e, :iss, :due, :t) on conflict do nothing returning 1"
-                ),
-                {
-                    "i": invoice.invoice_id,
-                    "a": account_id,
-                    "s": invoice.cycle_start,
-                    "e": invoice.cycle_end,
-                    "iss": invoice.issued_on,
-                    "due": invoice.due_on,
-                    "t": invoice.total,
-                },
-            )
-        ).first()
-        if inserted is None:
-            return False
-        if invoice.lines:
-            await self.session.execute(
-                sa.insert(invoice_lines),
-                [
-                    {
-                        "invoice_id": invoice.invoice_id,
-                        "line_no": n,
-                        "kind": line.kind,
-                        "product": line.product,
-                        "description": line.description,
-                        "quantity": line.quantity,
-                        "unit_price": line.unit_price,
-                        "amount": line.amount,
-                        "period_start": line.period_start,
-                        "period_end": line.period_end,
-                        "late": line.late,
-                    }
-                    for n, line in enumerate(invoice.lines, start=1)
-                ],
-            )
-        await self.session.execute(
-            sa.text("update cycle_closes set invoice_id = :i where account_id = :a and cycle_start = :s"),
-            {"i": invoice.invoice_id, "a": account_id, "s": invoice.cycle_start},
-        )
-        return True

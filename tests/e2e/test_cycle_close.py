@@ -10,16 +10,15 @@ from decimal import Decimal
 import pytest
 
 from contracts import messages as m
-from tests.support import ADMIN, SCHEDULER, Bus, message, new_account, rows, scalar, wait_until
+from tests import support
+from tests.support import ADMIN, SCHEDULER, Bus, message, rows, scalar, wait_until
 
 pytestmark = pytest.mark.stack
 INVOICES = "billing.invoices"
 
 
 async def open_account(bus: Bus, day: date = date(2026, 11, 1), billing_day: int = 1) -> str:
-    account = new_account()
-    await bus.send("platform.accounts", message(m.AccountOpened, account, day, billing_day=billing_day))
-    return account
+    return await support.open_account(bus, day, billing_day)
 
 
 async def licensing(bus: Bus, model: type[m.Command], account: str, day: date, **fields) -> dict:

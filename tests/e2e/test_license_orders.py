@@ -8,7 +8,8 @@ from datetime import date
 import pytest
 
 from contracts import messages as m
-from tests.support import ADMIN, SERVICE, SUPPORT, Bus, message, new_account
+from tests import support
+from tests.support import ADMIN, SERVICE, SUPPORT, Bus, message
 
 pytestmark = pytest.mark.stack
 EVENTS = "licensing.events"
@@ -16,9 +17,7 @@ NOV_1, NOV_16 = date(2026, 11, 1), date(2026, 11, 16)
 
 
 async def open_account(bus: Bus, billing_day: int = 1, day: date = NOV_1) -> str:
-    account = new_account()
-    await bus.send("platform.accounts", message(m.AccountOpened, account, day, billing_day=billing_day))
-    return account
+    return await support.open_account(bus, day, billing_day)
 
 
 async def command(bus: Bus, model: type[m.Command], account: str, day: date = NOV_16, actor=ADMIN, **fields) -> dict:

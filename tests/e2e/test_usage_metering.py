@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from contracts import messages as m
+from tests import support
 from tests.support import ADMIN, SUPPORT, Bus, message, new_account, scalar, wait_until
 
 pytestmark = pytest.mark.stack
@@ -17,9 +18,7 @@ NOV_1, NOV_10 = date(2026, 11, 1), date(2026, 11, 10)
 
 
 async def open_account(bus: Bus) -> str:
-    account = new_account()
-    await bus.send("platform.accounts", message(m.AccountOpened, account, NOV_1, billing_day=1))
-    return account
+    return await support.open_account(bus, NOV_1, 1)
 
 
 def call(account: str, cost: str, call_id: str | None = None, day: date = NOV_10) -> m.CallCharged:
