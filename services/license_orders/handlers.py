@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from contracts import messages as m
-from contracts.topics import LICENSING_EVENTS
+from contracts.topics import BILLING_CYCLES, LICENSING_EVENTS
 from services.license_orders import domain
-from services.license_orders.storage import CommandState, LicenseStore
+from services.license_orders.storage import Account, CommandState, LicenseStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
-from shared.runtime.processor import UnknownAccount
 
 registry = HandlerRegistry()
 EVENTS = LICENSING_EVENTS.name
@@ -159,76 +158,109 @@ async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
     )
 
 
-@registry.on(m.BillingCycleClosing)
-async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
-    """Answer cycle close with the cycle's license charges, and apply its removals (exactly once)."""
-    store = LicenseStore(unit.session)
-    account = await store.account(request.account_id, lock="update")
-    if account is None:
-        await unit.lock_account(request.account_id)  # opening right now? wait for it, then look again
-        account = await store.account(request.account_id, lock="update")
-    if account is None:
-        raise UnknownAccount(request.account_id)  # parked until its AccountOpened arrives
-    already = await store.sealed_event(request.account_id, request.cycle_start)
-    if already is not None:  # asked again: answer the same
-        unit.outbox.append(
-            (m.LicenseCycleSealed.model_validate_json(already).message_id, EVENTS, request.account_id, already)
-        )
-        return
-    cycle = Cycle(request.cycle_start, request.cycle_end)
-    if cycle != account.open_cycle:
-        raise ValueError(f"asked to seal {cycle} but the open cycle is {account.open_cycle}")
-    following = next_cycle(account.billing_day, cycle)
+@registry.on_batch(m.BillingCycleClosing)
+async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
+    """Answer cycle close with each cycle's license charges and apply its removals, exactly once,
+    set-based: one round per batch in which every account appears once (catch-ups take more)."""
+    pending = list(requests)
+    while pending:
+        this_round: dict[str, m.BillingCycleClosing] = {}
+        later: list[m.BillingCycleClosing] = []
+        for request in pending:
+            if request.account_id in this_round:
+                later.append(request)
+            else:
+                this_round[request.account_id] = request
+        await _seal_round(unit, list(this_round.values()))
+        pending = later
 
-    removing = await store.removals_due(account.account_id, cycle.end)
-    bought_later = await store.added_on_or_after(account.account_id, cycle.end)
-    recurring: list[m.RecurringCharge] = []
-    for product, balance in (await store.all_balances(account.account_id)).items():
-        after, kept = domain.seal(balance, removing.get(product, 0), bought_later.get(product, 0))
-        if removing.get(product):
-            await store.save_balance(account.account_id, product, after)
-            unit.emit(
-                EVENTS,
-                m.LicensesRemoved.caused_by(
-                    request,
-                    product,
-                    product=product,
-                    quantity=removing[product],
-                    effective_on=cycle.end,
-                    balance=_balance(after),
-                ),
+
+async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
+    store = LicenseStore(unit.session)
+    ids = sorted(r.account_id for r in requests)
+    accounts = await store.accounts_for_seal(ids)
+    for account_id in [a for a in ids if a not in accounts]:
+        await unit.lock_account(account_id)  # opening right now? wait for it, then look again
+        accounts |= await store.accounts_for_seal([account_id])
+    already = await store.sealed_events([(r.account_id, r.cycle_start) for r in requests])
+    todo: list[tuple[m.BillingCycleClosing, Account]] = []
+    for request in requests:
+        account = accounts.get(request.account_id)
+        if account is None:
+            await unit.park(BILLING_CYCLES.name, request)  # until its AccountOpened arrives
+        elif (request.account_id, request.cycle_start) in already:  # asked again: answer the same
+            event = already[(request.account_id, request.cycle_start)]
+            unit.outbox.append(
+                (m.LicenseCycleSealed.model_validate_json(event).message_id, EVENTS, request.account_id, event)
             )
-        if kept > 0:
-            assert product in m.PRODUCTS
-            price = await store.unit_price(account.account_id, product)
-            assert price is not None
-            recurring.append(
-                m.RecurringCharge(
-                    product=product,
-                    quantity=kept,
-                    unit_price=price,
-                    amount=price * kept,
-                    period_start=following.start,
-                    period_end=following.end,
+        elif Cycle(request.cycle_start, request.cycle_end) != account.open_cycle:
+            raise ValueError(f"asked to seal {request.cycle_start} of {request.account_id}; open: {account.open_cycle}")
+        else:
+            todo.append((request, account))
+    if not todo:
+        return
+
+    due, later, balances, prices = await store.seal_inputs([(r.account_id, r.cycle_end) for r, _ in todo])
+    changed: dict[tuple[str, str], domain.Balance] = {}
+    recurring: dict[str, list[m.RecurringCharge]] = {}
+    following = {a.account_id: next_cycle(a.billing_day, a.open_cycle) for _, a in todo}
+    for request, account in todo:
+        nxt = following[account.account_id]
+        for product in m.PRODUCTS:
+            key = (account.account_id, product)
+            if key not in balances:
+                continue
+            after, kept = domain.seal(balances[key], due.get(key, 0), later.get(key, 0))
+            if due.get(key):
+                changed[key] = after
+                unit.emit(
+                    EVENTS,
+                    m.LicensesRemoved.caused_by(
+                        request,
+                        product,
+                        product=product,
+                        quantity=due[key],
+                        effective_on=request.cycle_end,
+                        balance=_balance(after),
+                    ),
                 )
-            )
-    await store.mark_removals_applied(account.account_id, cycle.end)
-    prorations = [
-        m.ProrationCharge(
-            purchase_id=row.purchase_id,
-            product=row.product,
-            quantity=row.quantity,
-            unit_price=row.unit_price,
-            amount=row.amount,
-            period_start=row.period_start,
-            period_end=row.period_end,
-            late=row.late,
-        )
-        for row in await store.seal_prorations(account.account_id, cycle)
-    ]
-    sealed = m.LicenseCycleSealed.caused_by(
-        request, cycle_start=cycle.start, cycle_end=cycle.end, recurring=recurring, prorations=prorations
+            if kept > 0:
+                price = prices[key]
+                recurring.setdefault(account.account_id, []).append(
+                    m.RecurringCharge(
+                        product=product,
+                        quantity=kept,
+                        unit_price=price,
+                        amount=price * kept,
+                        period_start=nxt.start,
+                        period_end=nxt.end,
+                    )
+                )
+    await store.save_balances(changed)
+    sealed_prorations = await store.finish_seals(
+        [(a.account_id, a.open_cycle, following[a.account_id]) for _, a in todo]
     )
-    await store.record_seal(account.account_id, cycle.start, sealed.model_dump_json().encode())
-    await store.move_open_cycle(account.account_id, following)
-    unit.emit(EVENTS, sealed)
+    seals = []
+    for request, account in todo:
+        sealed = m.LicenseCycleSealed.caused_by(
+            request,
+            cycle_start=request.cycle_start,
+            cycle_end=request.cycle_end,
+            recurring=recurring.get(account.account_id, []),
+            prorations=[
+                m.ProrationCharge(
+                    purchase_id=row.purchase_id,
+                    product=row.product,
+                    quantity=row.quantity,
+                    unit_price=row.unit_price,
+                    amount=row.amount,
+                    period_start=row.period_start,
+                    period_end=row.period_end,
+                    late=row.late,
+                )
+                for row in sealed_prorations.get(account.account_id, [])
+            ],
+        )
+        seals.append((account.account_id, request.cycle_start, sealed.model_dump_json().encode()))
+        unit.emit(EVENTS, sealed)
+    await store.record_seals(seals)

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -160,16 +160,6 @@ class LicenseStore:
         result: Any = await self.session.execute(statement)
         return bool(result.rowcount)
 
-    async def account(self, account_id: str, lock: Literal["share", "update"] = "share") -> Account | None:
-        """The account, locked: commands share it, a seal takes it exclusively, so a command never
-        works from an open cycle that a concurrent seal has just moved on."""
-        query = sa.select(accounts).where(accounts.c.account_id == account_id)
-        query = query.with_for_update(read=lock == "share")
-        row = (await self.session.execute(query)).first()
-        if row is None:
-            return None
-        return Account(row.account_id, row.billing_day, Cycle(row.open_cycle_start, row.open_cycle_end))
-
     async def command_state(
         self, account_id: str, product: str, day: date, assignee_id: str = ""
     ) -> CommandState | None:
@@ -196,57 +186,6 @@ class LicenseStore:
             {"a": account_id, "p": product, "e": end},
         )
         return int(value or 0)
-
-    async def move_open_cycle(self, account_id: str, cycle: Cycle) -> None:
-        await self.session.execute(
-            sa.update(accounts)
-            .where(accounts.c.account_id == account_id)
-            .values(open_cycle_start=cycle.start, open_cycle_end=cycle.end)
-        )
-
-    async def balance(self, account_id: str, product: str) -> Balance:
-        """The balance, locked for this transaction so concurrent commands serialise per product."""
-        row = (
-            await self.session.execute(
-                sa.select(balances.c.purchased, balances.c.assigned, balances.c.scheduled_for_removal)
-                .where(balances.c.account_id == account_id, balances.c.product == product)
-                .with_for_update()
-            )
-        ).first()
-        return Balance(*row) if row else Balance()
-
-    async def all_balances(self, account_id: str) -> dict[str, Balance]:
-        rows = await self.session.execute(
-            sa.select(balances.c.product, balances.c.purchased, balances.c.assigned, balances.c.scheduled_for_removal)
-            .where(balances.c.account_id == account_id)
-            .order_by(balances.c.product)
-            .with_for_update()
-        )
-        return {row[0]: Balance(*row[1:]) for row in rows}
-
-    async def save_balance(self, account_id: str, product: str, balance: Balance) -> None:
-        from sqlalchemy.dialects.postgresql import insert
-
-        values = {
-            "purchased": balance.purchased,
-            "assigned": balance.assigned,
-            "scheduled_for_removal": balance.scheduled_for_removal,
-        }
-        statement = insert(balances).values(account_id=account_id, product=product, **values)
-        await self.session.execute(
-            statement.on_conflict_do_update(index_elements=["account_id", "product"], set_=values)
-        )
-
-    async def unit_price(self, account_id: str, product: str) -> Decimal | None:
-        """The account's own price if it has one, else the catalog price."""
-        override = sa.select(account_prices.c.unit_price).where(
-            account_prices.c.account_id == account_id, account_prices.c.product == product
-        )
-        catalog = sa.select(prices.c.unit_price).where(prices.c.product == product)
-        price = await self.session.scalar(override)
-        if price is None:
-            price = await self.session.scalar(catalog)
-        return price
 
     async def add_assignment(self, account_id: str, product: str, assignee_id: str, after: Balance) -> None:
         await self.save_balance_and(
@@ -331,18 +270,6 @@ class LicenseStore:
             effective_on=effective_on,
         )
 
-    async def restorable(self, account_id: str, product: str, day: date) -> int:
-        """Licenses scheduled for removal that are still pending on ``day`` (effective after it)."""
-        total = await self.session.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(removals.c.quantity), 0)).where(
-                removals.c.account_id == account_id,
-                removals.c.product == product,
-                ~removals.c.applied,
-                removals.c.effective_on > day,
-            )
-        )
-        return int(total or 0)
-
     async def restore(self, account_id: str, product: str, quantity: int, day: date) -> None:
         """Take ``quantity`` licenses back from removals pending on ``day``, the latest-effective first."""
         rows = (
@@ -371,61 +298,138 @@ class LicenseStore:
                     sa.update(removals).where(removals.c.id == removal_id).values(quantity=scheduled - take)
                 )
 
-    async def removals_due(self, account_id: str, by: date) -> dict[str, int]:
+    # ------------------------------------------------------------------ set-based, for sealing many accounts at once
+    async def accounts_for_seal(self, account_ids: list[str]) -> dict[str, Account]:
         rows = await self.session.execute(
-            sa.select(removals.c.product, sa.func.sum(removals.c.quantity))
-            .where(removals.c.account_id == account_id, ~removals.c.applied, removals.c.effective_on <= by)
-            .group_by(removals.c.product)
+            sa.text(
+                "select account_id, billing_day, open_cycle_start, open_cycle_end from accounts "
+                "where account_id = any(:ids) order by account_id for update"
+            ),
+            {"ids": account_ids},
         )
-        return {product: int(total) for product, total in rows}
+        return {r[0]: Account(r[0], r[1], Cycle(r[2], r[3])) for r in rows}
 
-    async def mark_removals_applied(self, account_id: str, by: date) -> None:
+    async def sealed_events(self, pairs: list[tuple[str, date]]) -> dict[tuple[str, date], bytes]:
+        rows = await self.session.execute(
+            sa.text(
+                "select s.account_id, s.cycle_start, s.event from sealed_cycles s "
+                "join unnest(cast(:a as text[]), cast(:s as date[])) as k(a, s) on s.account_id = k.a and s.cycle_start = k.s"
+            ),
+            {"a": [a for a, _ in pairs], "s": [d for _, d in pairs]},
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def seal_inputs(
+        self, ends: list[tuple[str, date]]
+    ) -> tuple[
+        dict[tuple[str, str], int],
+        dict[tuple[str, str], int],
+        dict[tuple[str, str], Balance],
+        dict[tuple[str, str], Decimal],
+    ]:
+        """For each (account, cycle end): removals due by the end, licenses bought on or after it,
+        the balances (locked) and the prices, each keyed by (account, product)."""
+        params = {"a": [a for a, _ in ends], "e": [e for _, e in ends]}
+        keys = "unnest(cast(:a as text[]), cast(:e as date[])) as k(a, e)"
+        due = await self.session.execute(
+            sa.text(
+                f"select r.account_id, r.product, sum(r.quantity) from removals r join {keys} "
+                "on r.account_id = k.a and not r.applied and r.effective_on <= k.e group by 1, 2"
+            ),
+            params,
+        )
+        later = await self.session.execute(
+            sa.text(
+                f"select p.account_id, p.product, sum(p.quantity_added) from purchases p join {keys} "
+                "on p.account_id = k.a and p.purchase_day >= k.e group by 1, 2"
+            ),
+            params,
+        )
+        held = await self.session.execute(
+            sa.text(
+                "select account_id, product, purchased, assigned, scheduled_for_removal from balances "
+                "where account_id = any(:a) order by 1, 2 for update"
+            ),
+            params,
+        )
+        priced = await self.session.execute(
+            sa.text(
+                "select k.a, p.product, coalesce(o.unit_price, p.unit_price) from unnest(cast(:a as text[])) as k(a) "
+                "cross join prices p left join account_prices o on o.account_id = k.a and o.product = p.product"
+            ),
+            params,
+        )
+        return (
+            {(r[0], r[1]): int(r[2]) for r in due},
+            {(r[0], r[1]): int(r[2]) for r in later},
+            {(r[0], r[1]): Balance(r[2], r[3], r[4]) for r in held},
+            {(r[0], r[1]): r[2] for r in priced},
+        )
+
+    async def save_balances(self, changed: dict[tuple[str, str], Balance]) -> None:
+        if not changed:
+            return
         await self.session.execute(
-            sa.update(removals)
-            .where(removals.c.account_id == account_id, ~removals.c.applied, removals.c.effective_on <= by)
-            .values(applied=True)
+            sa.text(
+                "update balances b set purchased = r.p, assigned = r.x, scheduled_for_removal = r.s "
+                "from unnest(cast(:a as text[]), cast(:k as text[]), cast(:p as int[]), cast(:x as int[]), "
+                "cast(:s as int[])) as r(a, k, p, x, s) where b.account_id = r.a and b.product = r.k"
+            ),
+            {
+                "a": [a for a, _ in changed],
+                "k": [k for _, k in changed],
+                "p": [b.purchased for b in changed.values()],
+                "x": [b.assigned for b in changed.values()],
+                "s": [b.scheduled_for_removal for b in changed.values()],
+            },
         )
 
-    async def added_on_or_after(self, account_id: str, day: date) -> dict[str, int]:
-        rows = await self.session.execute(
-            sa.select(purchases.c.product, sa.func.sum(purchases.c.quantity_added))
-            .where(purchases.c.account_id == account_id, purchases.c.purchase_day >= day)
-            .group_by(purchases.c.product)
-        )
-        return {product: int(total) for product, total in rows}
-
-    async def seal_prorations(self, account_id: str, cycle: Cycle) -> list[Any]:
-        """Mark every unsealed proration that starts before the cycle's end as billed in it."""
-        rows = await self.session.execute(
-            sa.update(proration_charges)
-            .where(
-                proration_charges.c.account_id == account_id,
-                proration_charges.c.sealed_in.is_(None),
-                proration_charges.c.period_start < cycle.end,
-            )
-            .values(sealed_in=cycle.start)
-            .returning(
-                proration_charges.c.id,
-                proration_charges.c.purchase_id,
-                proration_charges.c.product,
-                proration_charges.c.quantity,
-                proration_charges.c.unit_price,
-                proration_charges.c.amount,
-                proration_charges.c.period_start,
-                proration_charges.c.period_end,
-                proration_charges.c.late,
-            )
-        )
-        return sorted(rows.all(), key=lambda row: row.id)
-
-    async def sealed_event(self, account_id: str, cycle_start: date) -> bytes | None:
-        return await self.session.scalar(
-            sa.select(sealed_cycles.c.event).where(
-                sealed_cycles.c.account_id == account_id, sealed_cycles.c.cycle_start == cycle_start
-            )
-        )
-
-    async def record_seal(self, account_id: str, cycle_start: date, event: bytes) -> None:
+    async def finish_seals(self, seals: list[tuple[str, Cycle, Cycle]]) -> dict[str, list[Any]]:
+        """Apply the removals due, mark the prorations billed in the sealed cycle and move each
+        account's open cycle on; returns the sealed prorations per account."""
+        params = {
+            "a": [a for a, _, _ in seals],
+            "s": [c.start for _, c, _ in seals],
+            "e": [c.end for _, c, _ in seals],
+            "ns": [n.start for _, _, n in seals],
+            "ne": [n.end for _, _, n in seals],
+        }
+        keys = "unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[])) as k(a, s, e)"
         await self.session.execute(
-            sa.insert(sealed_cycles).values(account_id=account_id, cycle_start=cycle_start, event=event)
+            sa.text(
+                f"update removals r set applied = true from {keys} "
+                "where r.account_id = k.a and not r.applied and r.effective_on <= k.e"
+            ),
+            params,
         )
+        rows = await self.session.execute(
+            sa.text(
+                f"update proration_charges c set sealed_in = k.s from {keys} "
+                "where c.account_id = k.a and c.sealed_in is null and c.period_start < k.e "
+                "returning c.account_id, c.id, c.purchase_id, c.product, c.quantity, c.unit_price, c.amount, "
+                "c.period_start, c.period_end, c.late"
+            ),
+            params,
+        )
+        await self.session.execute(
+            sa.text(
+                "update accounts a set open_cycle_start = k.ns, open_cycle_end = k.ne "
+                "from unnest(cast(:a as text[]), cast(:ns as date[]), cast(:ne as date[])) as k(a, ns, ne) "
+                "where a.account_id = k.a"
+            ),
+            params,
+        )
+        sealed: dict[str, list[Any]] = {}
+        for row in sorted(rows.all(), key=lambda r: r.id):
+            sealed.setdefault(row.account_id, []).append(row)
+        return sealed
+
+    async def record_seals(self, seals: list[tuple[str, date, bytes]]) -> None:
+        if seals:
+            await self.session.execute(
+                sa.text(
+                    "insert into sealed_cycles select * from unnest(cast(:a as text[]), cast(:s as date[]), "
+                    "cast(:e as bytea[]))"
+                ),
+                {"a": [a for a, _, _ in seals], "s": [d for _, d, _ in seals], "e": [e for _, _, e in seals]},
+            )
