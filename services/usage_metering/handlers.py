@@ -7,14 +7,13 @@ from datetime import date
 
 from contracts import messages as m
 from contracts.envelope import Envelope
-from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
+from contracts.topics import BILLING_CYCLES, METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.storage import Account, MeterStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
-from shared.runtime.processor import UnknownAccount
 
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name
@@ -120,50 +119,79 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
     _emit_alerts(unit, command, cycle, alerts)
 
 
-@registry.on(m.BillingCycleClosing)
-async def seal_cycle(unit: Unit, request: m.BillingCycleClosing) -> None:
-    """Report the cycle's accrual and earlier cycles' late usage; start the next cycle unblocked."""
-    store = MeterStore(unit.session)
-    account = (await store.accounts([request.account_id], lock="update")).get(request.account_id)
-    if account is None:
-        await unit.lock_account(request.account_id)  # opening right now? wait for it, then look again
-        account = (await store.accounts([request.account_id], lock="update")).get(request.account_id)
-    if account is None:
-        raise UnknownAccount(request.account_id)  # parked until its AccountOpened arrives
-    already = await store.sealed_event(request.account_id, request.cycle_start)
-    if already is not None:
-        message_id = m.UsageCycleSealed.model_validate_json(already).message_id
-        unit.outbox.append((message_id, METERING_USAGE.name, request.account_id, already))
-        return
-    cycle = Cycle(request.cycle_start, request.cycle_end)
-    if cycle != account.open_cycle:
-        raise ValueError(f"asked to seal {cycle} but the open cycle is {account.open_cycle}")
-    following = next_cycle(account.billing_day, cycle)
-    found = await store.meters([(account.account_id, cycle.start), (account.account_id, following.start)])
-    closing = found.get((account.account_id, cycle.start)) or domain.Meter(cap=account.cap)
-    upcoming = found.get((account.account_id, following.start)) or domain.Meter(cap=account.cap)
+@registry.on_batch(m.BillingCycleClosing)
+async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
+    """Report each cycle's accrual and earlier cycles' late usage; start the next cycle unblocked.
+    Set-based: one round per batch in which every account appears once (catch-ups take more)."""
+    pending = list(requests)
+    while pending:
+        this_round: dict[str, m.BillingCycleClosing] = {}
+        later: list[m.BillingCycleClosing] = []
+        for request in pending:
+            if request.account_id in this_round:
+                later.append(request)
+            else:
+                this_round[request.account_id] = request
+        await _seal_round(unit, list(this_round.values()))
+        pending = later
 
-    late_lines = []
-    changed: dict[tuple[str, Cycle], domain.Meter] = {}
-    for late_cycle, meter in await store.late_meters(account.account_id, cycle.start):
-        late_lines.append(
-            m.LateUsage(cycle_start=late_cycle.start, cycle_end=late_cycle.end, amount=meter.late_unbilled)
-        )
-        changed[(account.account_id, late_cycle)] = replace(meter, late_unbilled=domain.ZERO)
-    upcoming, alerts = domain.start_cycle(closing, upcoming)
-    changed[(account.account_id, cycle)] = replace(closing, blocked=False)
-    changed[(account.account_id, following)] = upcoming
-    await store.save_meters(changed)
-    await store.move_open_cycle(account.account_id, following)
-    sealed = m.UsageCycleSealed.caused_by(
-        request,
-        cycle_start=cycle.start,
-        cycle_end=cycle.end,
-        cap=closing.cap,
-        accrued=closing.billable,
-        over_cap=closing.over_cap,
-        late=late_lines,
+
+async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
+    store = MeterStore(unit.session)
+    ids = sorted(r.account_id for r in requests)
+    accounts = await store.accounts(ids, lock="update")
+    for account_id in [a for a in ids if a not in accounts]:
+        await unit.lock_account(account_id)  # opening right now? wait for it, then look again
+        accounts |= await store.accounts([account_id], lock="update")
+    already = await store.seals([(r.account_id, r.cycle_start) for r in requests])
+    todo: list[tuple[m.BillingCycleClosing, Account]] = []
+    for request in requests:
+        account = accounts.get(request.account_id)
+        if account is None:
+            await unit.park(BILLING_CYCLES.name, request)  # until its AccountOpened arrives
+        elif (request.account_id, request.cycle_start) in already:  # asked again: answer the same
+            event = already[(request.account_id, request.cycle_start)]
+            message_id = m.UsageCycleSealed.model_validate_json(event).message_id
+            unit.outbox.append((message_id, METERING_USAGE.name, request.account_id, event))
+        elif Cycle(request.cycle_start, request.cycle_end) != account.open_cycle:
+            raise ValueError(f"asked to seal {request.cycle_start} of {request.account_id}; open: {account.open_cycle}")
+        else:
+            todo.append((request, account))
+    if not todo:
+        return
+
+    following = {a.account_id: next_cycle(a.billing_day, a.open_cycle) for _, a in todo}
+    meters = await store.meters(
+        [(a.account_id, a.open_cycle.start) for _, a in todo] + [(a, c.start) for a, c in following.items()]
     )
-    await store.record_seal(account.account_id, cycle.start, sealed.model_dump_json().encode())
-    unit.emit(METERING_USAGE.name, sealed)
-    _emit_alerts(unit, request, following, alerts)
+    late = await store.late_meters_many([(a.account_id, a.open_cycle.start) for _, a in todo])
+    changed: dict[tuple[str, Cycle], domain.Meter] = {}
+    seals = []
+    for request, account in todo:
+        cycle, nxt = account.open_cycle, following[account.account_id]
+        closing = meters.get((account.account_id, cycle.start)) or domain.Meter(cap=account.cap)
+        upcoming = meters.get((account.account_id, nxt.start)) or domain.Meter(cap=account.cap)
+        late_lines = []
+        for late_cycle, meter in late.get(account.account_id, []):
+            late_lines.append(
+                m.LateUsage(cycle_start=late_cycle.start, cycle_end=late_cycle.end, amount=meter.late_unbilled)
+            )
+            changed[(account.account_id, late_cycle)] = replace(meter, late_unbilled=domain.ZERO)
+        upcoming, alerts = domain.start_cycle(closing, upcoming)
+        changed[(account.account_id, cycle)] = replace(closing, blocked=False)
+        changed[(account.account_id, nxt)] = upcoming
+        sealed = m.UsageCycleSealed.caused_by(
+            request,
+            cycle_start=cycle.start,
+            cycle_end=cycle.end,
+            cap=closing.cap,
+            accrued=closing.billable,
+            over_cap=closing.over_cap,
+            late=late_lines,
+        )
+        seals.append((account.account_id, cycle.start, sealed.model_dump_json().encode()))
+        unit.emit(METERING_USAGE.name, sealed)
+        _emit_alerts(unit, request, nxt, alerts)
+    await store.save_meters(changed)
+    await store.move_open_cycles([(a.account_id, following[a.account_id]) for _, a in todo])
+    await store.record_seals(seals)

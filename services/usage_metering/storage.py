@@ -108,12 +108,6 @@ class MeterStore:
             sa.text("update accounts set cap = :c where account_id = :a"), {"a": account_id, "c": cap}
         )
 
-    async def move_open_cycle(self, account_id: str, cycle: Cycle) -> None:
-        await self.session.execute(
-            sa.text("update accounts set open_cycle_start = :s, open_cycle_end = :e where account_id = :a"),
-            {"a": account_id, "s": cycle.start, "e": cycle.end},
-        )
-
     async def claim_calls(self, rows: list[tuple[str, str, Decimal, date]]) -> set[tuple[str, str]]:
         """Record calls by (account, call id); return the ones never seen before."""
         if not rows:
@@ -165,24 +159,49 @@ class MeterStore:
             dict(zip(["a", "s", "e", "cap", "b", "o", "al", "bl", "l"], [list(c) for c in columns], strict=True)),
         )
 
-    async def late_meters(self, account_id: str, before: date) -> list[tuple[Cycle, Meter]]:
-        """Sealed cycles with late usage not yet billed, locked."""
+    # ------------------------------------------------------------------ set-based, for sealing many accounts at once
+    async def seals(self, pairs: list[tuple[str, date]]) -> dict[tuple[str, date], bytes]:
         rows = await self.session.execute(
             sa.text(
-                "select cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, late_unbilled from meters "
-                "where account_id = :a and cycle_start < :b and late_unbilled > 0 order by cycle_start for update"
+                "select s.account_id, s.cycle_start, s.event from seals s join unnest(cast(:a as text[]), "
+                "cast(:s as date[])) as k(a, s) on s.account_id = k.a and s.cycle_start = k.s"
             ),
-            {"a": account_id, "b": before},
+            {"a": [a for a, _ in pairs], "s": [d for _, d in pairs]},
         )
-        return [(Cycle(r[0], r[1]), Meter(r[2], r[3], r[4], _from_bits(r[5]), r[6], r[7])) for r in rows]
+        return {(r[0], r[1]): r[2] for r in rows}
 
-    async def sealed_event(self, account_id: str, cycle_start: date) -> bytes | None:
-        return await self.session.scalar(
-            sa.text("select event from seals where account_id = :a and cycle_start = :s"),
-            {"a": account_id, "s": cycle_start},
+    async def late_meters_many(self, before: list[tuple[str, date]]) -> dict[str, list[tuple[Cycle, Meter]]]:
+        """Per account: sealed cycles (before the given start) with late usage not yet billed, locked."""
+        rows = await self.session.execute(
+            sa.text(
+                "select m.account_id, m.cycle_start, m.cycle_end, m.cap, m.billable, m.over_cap, m.alerted, "
+                "m.blocked, m.late_unbilled from meters m join unnest(cast(:a as text[]), cast(:s as date[])) "
+                "as k(a, s) on m.account_id = k.a and m.cycle_start < k.s and m.late_unbilled > 0 "
+                "order by 1, 2 for update of m"
+            ),
+            {"a": [a for a, _ in before], "s": [d for _, d in before]},
         )
+        found: dict[str, list[tuple[Cycle, Meter]]] = {}
+        for r in rows:
+            found.setdefault(r[0], []).append(
+                (Cycle(r[1], r[2]), Meter(r[3], r[4], r[5], _from_bits(r[6]), r[7], r[8]))
+            )
+        return found
 
-    async def record_seal(self, account_id: str, cycle_start: date, event: bytes) -> None:
+    async def move_open_cycles(self, moves: list[tuple[str, Cycle]]) -> None:
         await self.session.execute(
-            sa.text("insert into seals values (:a, :s, :e)"), {"a": account_id, "s": cycle_start, "e": event}
+            sa.text(
+                "update accounts a set open_cycle_start = k.s, open_cycle_end = k.e from unnest(cast(:a as text[]), "
+                "cast(:s as date[]), cast(:e as date[])) as k(a, s, e) where a.account_id = k.a"
+            ),
+            {"a": [a for a, _ in moves], "s": [c.start for _, c in moves], "e": [c.end for _, c in moves]},
         )
+
+    async def record_seals(self, seals: list[tuple[str, date, bytes]]) -> None:
+        if seals:
+            await self.session.execute(
+                sa.text(
+                    "insert into seals select * from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as bytea[]))"
+                ),
+                {"a": [a for a, _, _ in seals], "s": [d for _, d, _ in seals], "e": [e for _, _, e in seals]},
+            )
