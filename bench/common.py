@@ -114,6 +114,7 @@ def run_prefix(tag: str) -> str:
 def banner(title: str, stack: Stack, **sizes: Any) -> None:
     print(f"== {title}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     print(f"   stack: kafka {stack.bootstrap}, postgres {stack.pg_host}:{stack.pg_port}; {os.cpu_count()} cores")
+    print(f"   code: {code_version()}")
     overrides = {k: v for k, v in os.environ.items() if k.startswith("BILLING_") and "PASSWORD" not in k}
     overrides.pop("BILLING_KAFKA_BOOTSTRAP_SERVERS", None)
     overrides.pop("BILLING_DATABASE_PORT", None)
@@ -122,6 +123,25 @@ def banner(title: str, stack: Stack, **sizes: Any) -> None:
     if sizes:
         print("   sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     sys.stdout.flush()
+
+
+def code_version() -> str:
+    """The commit measured, and whether the service code had uncommitted changes (workers run the work tree)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "services", "shared", "contracts"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"commit {commit or '?'}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def say(text: str) -> None:

@@ -10,7 +10,7 @@ Decisions a client may rely on (kept stable):
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Self
 
@@ -73,8 +73,6 @@ class Envelope(ContractModel):
     @property
     def business_date(self) -> date:
         """The UTC calendar date the message happened on (cycles are UTC dates)."""
-        from datetime import UTC
-
         return self.occurred_at.astimezone(UTC).date()
 
 

@@ -45,6 +45,7 @@ def _current_cycle(account: Account, day: date) -> Cycle:
 @registry.on(m.AccountOpened)
 async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
     store = MeterStore(unit.session)
+    await store.share_metering()  # always before a per-account lock, as the calls path does
     await unit.lock_account(event.account_id)
     first = cycle_containing(event.billing_day, event.business_date)
     await store.open_account(event.account_id, event.billing_day, domain.DEFAULT_CAP, first)
@@ -57,9 +58,10 @@ async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
             await registry.dispatch(unit, other)
 
 
-@registry.on_batch(m.CallCharged)
+@registry.on_batch(m.CallCharged, deduplicates=True)  # by (account, call id) in `calls`
 async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
     store = MeterStore(unit.session)
+    await store.share_metering()
     accounts = await store.accounts({call.account_id for call in batch})
     unknown = sorted({call.account_id for call in batch} - accounts.keys())
     for account_id in unknown:  # it may be opening right now in another transaction: wait for it
@@ -82,6 +84,7 @@ async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
             fresh_ids.discard(key)
             fresh.append((call, cycle))
 
+    await store.ensure_meters({(c.account_id, cy): accounts[c.account_id].cap for c, cy in fresh})
     stored = await store.meters((c.account_id, cy.start) for c, cy in fresh)
     changed: dict[tuple[str, Cycle], domain.Meter] = {}
     for call, cycle in fresh:
@@ -102,7 +105,8 @@ async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
 async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
     domain.authorize_cap_change(command.actor.role)
     store = MeterStore(unit.session)
-    account = (await store.accounts([command.account_id], lock="update")).get(command.account_id)
+    await store.own_metering()
+    account = (await store.accounts([command.account_id], lock=True)).get(command.account_id)
     if account is None:
         raise Rejected("unknown_account", f"account {command.account_id} is not open")
     cycle = _current_cycle(account, command.business_date)
@@ -138,11 +142,12 @@ async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None
 
 async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     store = MeterStore(unit.session)
+    await store.own_metering()
     ids = sorted(r.account_id for r in requests)
-    accounts = await store.accounts(ids, lock="update")
+    accounts = await store.accounts(ids, lock=True)
     for account_id in [a for a in ids if a not in accounts]:
         await unit.lock_account(account_id)  # opening right now? wait for it, then look again
-        accounts |= await store.accounts([account_id], lock="update")
+        accounts |= await store.accounts([account_id], lock=True)
     already = await store.seals([(r.account_id, r.cycle_start) for r in requests])
     todo: list[tuple[m.BillingCycleClosing, Account]] = []
     for request in requests:

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,9 +76,42 @@ class Account:
 MeterKey = tuple[str, date]
 
 
+# Calls share this lock, one statement per batch; cap changes and seals take it alone. So a batch of
+# calls never works from an open cycle or cap that a concurrent seal or cap change is changing
+# (far cheaper than a row lock on every account of a 5,000-call batch).
+METERING_LOCK = 7240002
+
+
 class MeterStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def share_metering(self) -> None:
+        await self.session.execute(sa.text("select pg_advisory_xact_lock_shared(:k)"), {"k": METERING_LOCK})
+
+    async def own_metering(self) -> None:
+        await self.session.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": METERING_LOCK})
+
+    async def ensure_meters(self, wanted: dict[tuple[str, Cycle], Decimal]) -> None:
+        """Create missing meters (at the account's cap) so that ``meters`` can lock every one: two
+        transactions never both start a meter from zero."""
+        if not wanted:
+            return
+        keys = sorted(wanted, key=lambda k: (k[0], k[1].start))
+        await self.session.execute(
+            sa.text(
+                "insert into meters (account_id, cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, "
+                "late_unbilled) select a, s, e, c, 0, 0, 0, false, 0 from unnest(cast(:a as text[]), "
+                "cast(:s as date[]), cast(:e as date[]), cast(:c as numeric[])) as k(a, s, e, c) "
+                "on conflict do nothing"
+            ),
+            {
+                "a": [a for a, _ in keys],
+                "s": [c.start for _, c in keys],
+                "e": [c.end for _, c in keys],
+                "c": [wanted[k] for k in keys],
+            },
+        )
 
     async def open_account(self, account_id: str, billing_day: int, cap: Decimal, first: Cycle) -> None:
         await self.session.execute(
@@ -89,15 +121,12 @@ class MeterStore:
             {"a": account_id, "d": billing_day, "c": cap, "s": first.start, "e": first.end},
         )
 
-    async def accounts(
-        self, account_ids: Iterable[str], lock: Literal["share", "update"] = "share"
-    ) -> dict[str, Account]:
-        """The accounts, locked in id order: calls share them, cap changes and seals take them
-        exclusively, so a batch of calls never works from an open cycle a seal has just moved on."""
+    async def accounts(self, account_ids: Iterable[str], lock: bool = False) -> dict[str, Account]:
+        """The accounts (``lock``: for update, in id order)."""
         rows = await self.session.execute(
             sa.text(
                 "select account_id, billing_day, cap, open_cycle_start, open_cycle_end from accounts "
-                f"where account_id = any(:ids) order by account_id for {'share' if lock == 'share' else 'update'}"
+                "where account_id = any(:ids) order by account_id" + (" for update" if lock else "")
             ),
             {"ids": list(account_ids)},
         )
