@@ -64,6 +64,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            # Clear before relaying, not after: a commit that wakes us while we relay must not be lost.
+            self._wake.clear()
             try:
                 sent = await self.relay_once()
                 backoff = 0.1
@@ -75,7 +77,6 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if sent < self.batch_size:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
 

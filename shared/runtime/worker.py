@@ -79,7 +79,11 @@ def build_worker(
 ) -> Worker:
     configure_logging(settings.log_level, settings.log_format)
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers, security=_security(settings), acks="all", enable_idempotence=True
+        settings.kafka_bootstrap_servers,
+        security=_security(settings),
+        acks="all",
+        enable_idempotence=True,
+        log_level=logging.DEBUG,  # FastStream's per-batch access lines; our own logs carry the context
     )
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
