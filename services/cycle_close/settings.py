@@ -9,4 +9,4 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
     database_name: str = "cycle_close"
-    batch_max_records: int = 1000
+    batch_max_records: int = 2000

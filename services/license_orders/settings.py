@@ -9,4 +9,4 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
     database_name: str = "license_orders"
-    batch_max_records: int = 500
+    batch_max_records: int = 2000

@@ -27,7 +27,7 @@ def create_worker(settings: Settings | None = None) -> Worker:
         registry,
         subscriptions=[
             Subscription((USAGE_CALLS.name,), max_records=settings.batch_max_records),
-            Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=500),
+            Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=2000),
         ],
         publishes=[METERING_ALERTS.name, METERING_USAGE.name, f"{USAGE_CALLS.name}.dlq"],
         migrations_dir=Path(__file__).parent / "migrations",
