@@ -22,6 +22,10 @@ STACK_DIR="${STACK_DIR:-$REPO/.stack}"
 
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+# A second client listener the fault tests reach through their own TCP proxy (tests/faults/proxy.py):
+# the broker listens on KAFKA_PROXIED_PORT and tells clients to come back via KAFKA_PROXY_PORT.
+KAFKA_PROXIED_PORT="${KAFKA_PROXIED_PORT:-$((KAFKA_PORT + 2))}"
+KAFKA_PROXY_PORT="${KAFKA_PROXY_PORT:-$((KAFKA_PORT + 3))}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_HOME="$STACK_DIR/kafka"
 KAFKA_LIBS="$KAFKA_HOME/libs"
@@ -125,10 +129,10 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:${KAFKA_CONTROLLER_PORT}
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:${KAFKA_PORT},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_PORT}
+listeners=PLAINTEXT://127.0.0.1:${KAFKA_PORT},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORT},PROXIED://127.0.0.1:${KAFKA_PROXIED_PORT}
+advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_PORT},PROXIED://127.0.0.1:${KAFKA_PROXY_PORT}
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 
 log.dirs=${KAFKA_DATA}
 num.partitions=6

@@ -341,3 +341,34 @@ async def test_the_broker_frozen_for_some_seconds_mid_stream_loses_nothing(stack
     await workload.send(stack, items[half:])
     await settle_and_check(workload, stack, dbs)
     _ = uuid
+
+
+async def test_a_cut_of_the_brokers_port_for_some_seconds_loses_nothing(stack: Bus, dbs, workers: Workers) -> None:
+    """License orders reaches Kafka only through a TCP proxy; the port is cut for 8 s mid-stream."""
+    from tests.faults.proxy import KafkaPortProxy
+    from tests.support import BOOTSTRAP
+
+    kafka_port = int(BOOTSTRAP.rsplit(":", 1)[1])
+    proxy = KafkaPortProxy(listen_port=kafka_port + 3, broker_port=kafka_port + 2)
+    await proxy.start()
+    workers.stop("license_orders")
+    workers.start(
+        "license_orders", name="license_orders-proxied", BILLING_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{kafka_port + 3}"
+    )
+    try:
+        workload = Workload.build(10 * SCALE, "port-cut")
+        await workload.open_accounts(stack, dbs)
+        items = workload.stream()
+        half = len(items) // 2
+        await workload.send(stack, items[:half])
+        await asyncio.sleep(0.5)
+        await proxy.cut()
+        await workload.send(stack, items[half:])  # the producers here are not behind the proxy
+        await asyncio.sleep(8)
+        await proxy.restore()
+        await settle_and_check(workload, stack, dbs)
+        assert proxy.accepted > 1  # the worker really reconnected through the proxy
+    finally:
+        workers.stop("license_orders-proxied")
+        workers.start("license_orders")
+        await proxy.stop()
