@@ -21,6 +21,7 @@ PRODUCTS: tuple[Product, ...] = ("user", "room_phone", "shared_line", "fax")
 LicenseQuantity = Annotated[int, Field(ge=1, le=10_000)]
 
 MAX_CALL_COST = Decimal("10000")
+MICRO_DOLLAR = Decimal("0.000001")
 
 
 def _call_cost(cost: Decimal) -> Decimal:
@@ -28,8 +29,7 @@ def _call_cost(cost: Decimal) -> Decimal:
         raise ValueError("a call cost cannot be negative")
     if cost > MAX_CALL_COST:
         raise ValueError(f"a call cost over {MAX_CALL_COST} USD is not plausible")
-    exponent = cost.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -6:
+    if cost != cost.quantize(MICRO_DOLLAR):  # cheaper than as_tuple() on the hot path
         raise ValueError("a call cost has at most 6 decimal places")
     return cost
 

@@ -7,6 +7,7 @@ billing day the cycle starts on the month's last day (billing day 31: Jan 31, Fe
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass
 from datetime import date
 
@@ -37,6 +38,7 @@ def _shift_month(year: int, month: int, delta: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+@functools.lru_cache(maxsize=65536)
 def cycle_containing(billing_day: int, day: date) -> Cycle:
     """The cycle of an account with this billing day that contains ``day``."""
     start = cycle_start_in_month(billing_day, day.year, day.month)

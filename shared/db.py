@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per transaction, and the processor and the relay
+    # already retry a batch whose connection turned out to be dead.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=10)
 
 
 def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

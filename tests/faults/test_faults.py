@@ -150,7 +150,7 @@ async def test_a_duplicate_storm_has_the_effect_of_each_message_once(stack: Bus,
             storm.insert(rng.randint(index + 1, len(storm)), storm[index])
     await workload.send(stack, storm)
     await settle_and_check(workload, stack, dbs)
-    assert raw_duplicates(stack, OUTPUTS) == 0
+    assert raw_duplicates(stack, OUTPUTS, workload.accounts) == 0
 
 
 async def test_calls_out_of_order_across_a_cycle_boundary_land_on_exactly_one_invoice(stack: Bus, dbs) -> None:

@@ -223,12 +223,13 @@ class Workload:
         return problems
 
 
-def raw_duplicates(bus: Bus, topics: tuple[str, ...]) -> int:
-    """How many records were a repeat of a message id already published (consumers drop them)."""
+def raw_duplicates(bus: Bus, topics: tuple[str, ...], accounts: list[str]) -> int:
+    """How many records about these accounts repeated a message id already published (consumers drop them)."""
     seen: set[str] = set()
     repeats = 0
+    mine = set(accounts)
     for topic, body in bus.received:
-        if topic in topics and "message_id" in body:
+        if topic in topics and "message_id" in body and body.get("account_id") in mine:
             repeats += body["message_id"] in seen
             seen.add(body["message_id"])
     return repeats
