@@ -9,6 +9,7 @@ from services.license_orders.storage import Account, CommandState, LicenseStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import one_per_account
 
 registry = HandlerRegistry()
 EVENTS = LICENSING_EVENTS.name
@@ -162,17 +163,8 @@ async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
 async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     """Answer cycle close with each cycle's license charges and apply its removals, exactly once,
     set-based: one round per batch in which every account appears once (catch-ups take more)."""
-    pending = list(requests)
-    while pending:
-        this_round: dict[str, m.BillingCycleClosing] = {}
-        later: list[m.BillingCycleClosing] = []
-        for request in pending:
-            if request.account_id in this_round:
-                later.append(request)
-            else:
-                this_round[request.account_id] = request
-        await _seal_round(unit, list(this_round.values()))
-        pending = later
+    for round_ in one_per_account(requests):
+        await _seal_round(unit, round_)
 
 
 async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:

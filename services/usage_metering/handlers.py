@@ -14,6 +14,7 @@ from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import one_per_account
 
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name
@@ -127,17 +128,8 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
 async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     """Report each cycle's accrual and earlier cycles' late usage; start the next cycle unblocked.
     Set-based: one round per batch in which every account appears once (catch-ups take more)."""
-    pending = list(requests)
-    while pending:
-        this_round: dict[str, m.BillingCycleClosing] = {}
-        later: list[m.BillingCycleClosing] = []
-        for request in pending:
-            if request.account_id in this_round:
-                later.append(request)
-            else:
-                this_round[request.account_id] = request
-        await _seal_round(unit, list(this_round.values()))
-        pending = later
+    for round_ in one_per_account(requests):
+        await _seal_round(unit, round_)
 
 
 async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:

@@ -20,7 +20,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -131,6 +131,28 @@ class HandlerRegistry:
             await handler(unit, message)
         elif message.type in self.batch:
             await self.batch[message.type](unit, [message])
+
+
+class _ForAccount(Protocol):
+    @property
+    def account_id(self) -> str: ...
+
+
+A = TypeVar("A", bound=_ForAccount)
+
+
+def one_per_account(messages: Sequence[A]) -> list[list[A]]:
+    """Split a batch into rounds in which each account appears at most once, keeping each
+    account's order: a set-based handler then runs round by round (e.g. catch-up seals)."""
+    rounds: list[list[A]] = []
+    seen_in: dict[str, int] = {}
+    for message in messages:
+        index = seen_in.get(message.account_id, -1) + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(message)
+        seen_in[message.account_id] = index
+    return rounds
 
 
 def is_transient(exc: BaseException) -> bool:
