@@ -26,6 +26,9 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = 0
+    """The record's Kafka timestamp (ms). With topic/partition/offset it names one record even if
+    a topic is recreated (offsets start again) while the service's database is kept."""
 
 
 class Unreadable(Exception):

@@ -329,13 +329,14 @@ class BatchProcessor:
             inserted = (
                 await unit.session.execute(
                     sa.text(
-                        'insert into dead_letters (topic, partition, "offset", error, payload) '
-                        "values (:t, :p, :o, :e, :v) on conflict do nothing returning id"
+                        'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
+                        "values (:t, :p, :o, :ts, :e, :v) on conflict do nothing returning id"
                     ),
                     {
                         "t": record.topic,
                         "p": record.partition,
                         "o": record.offset,
+                        "ts": record.timestamp,
                         "e": error,
                         "v": record.value or b"",
                     },

@@ -116,8 +116,8 @@ class OutboxRelay:
                 log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(error)})
                 await session.execute(
                     sa.text(
-                        'insert into dead_letters (topic, partition, "offset", error, payload) '
-                        "values (:t, -1, :o, :e, :p) on conflict do nothing"
+                        'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
+                        "values (:t, -1, :o, 0, :e, :p) on conflict do nothing"
                     ),
                     {"t": f"outbox:{topic}", "o": row_id, "e": repr(error), "p": payload},
                 )

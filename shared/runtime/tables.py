@@ -49,3 +49,14 @@ def create_runtime_tables(op: Any) -> None:
         sa.Column("topic", sa.Text, nullable=False),
         sa.Column("payload", sa.LargeBinary, nullable=False),
     )
+
+
+def key_dead_letters_by_record_time(op: Any) -> None:
+    """Revision 0002 of every service: a dead letter is one record by topic, partition, offset
+    *and* record timestamp, so a recreated topic (offsets from 0 again) is not taken for a
+    redelivery of records dead-lettered before."""
+    op.add_column("dead_letters", sa.Column("record_timestamp", sa.BigInteger, nullable=False, server_default="0"))
+    op.drop_constraint("dead_letters_source_key", "dead_letters", type_="unique")
+    op.create_unique_constraint(
+        "dead_letters_source_key", "dead_letters", ["topic", "partition", "offset", "record_timestamp"]
+    )

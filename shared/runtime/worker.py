@@ -120,7 +120,10 @@ def build_worker(
             raw = message.raw_message
             records = raw if isinstance(raw, tuple) else (raw,)
             await processor.process(
-                [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records]
+                [
+                    Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp or 0)
+                    for r in records
+                ]
             )
 
         subscriber(consume)

@@ -181,3 +181,25 @@ async def test_an_event_the_broker_can_never_take_is_set_aside_and_does_not_bloc
         what="the oversized event to be set aside",
     )
     assert await scalar(dbs["license_orders"], "select count(*) from outbox where message_id = :i", i=oversized) == 0
+
+
+async def test_a_redelivered_poison_record_gives_one_dead_letter_but_a_recreated_topic_is_not_a_redelivery(
+    stack: Bus, dbs
+) -> None:
+    processor = BatchProcessor("test", make_sessions(dbs["license_orders"]), HandlerRegistry())
+    offset = random.randrange(10**12, 10**13)
+    first = Record("licensing.commands", 1, offset, b"k", b"not json", (), 1_000)
+    again = Record("licensing.commands", 1, offset, b"k", b"not json", (), 1_000)  # the same record, redelivered
+    reborn = Record("licensing.commands", 1, offset, b"k", b"not json either", (), 2_000)  # topic recreated
+    for record in (first, again, reborn):
+        await processor.process([record])
+
+    stored = await scalar(
+        dbs["license_orders"],
+        'select count(*) from dead_letters where topic = :t and partition = 1 and "offset" = :o',
+        t="licensing.commands",
+        o=offset,
+    )
+    assert stored == 2
+    letters = await stack.wait_count("licensing.commands.dlq", 2, offset=offset)
+    assert sorted(x["value_text"] for x in letters) == ["not json", "not json either"]
