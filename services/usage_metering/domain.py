@@ -10,6 +10,7 @@ Rules: ``shared/spec/domain.md`` (Calling credits). Decisions added here (``docs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -66,6 +67,37 @@ def accrue(meter: Meter, cost: Decimal) -> tuple[Meter, list[Alert]]:
     billed = min(cost, room)
     meter = replace(meter, billable=meter.billable + billed, over_cap=meter.over_cap + (cost - billed))
     return _new_alerts(meter)
+
+
+def accrue_many(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[tuple[int, Alert]]]:
+    """``accrue`` for each cost in turn, with each alert paired with the index of the call that
+    raised it. The same result as folding ``accrue``, but it only looks at thresholds when the
+    accrual reaches the next one: the hot path of a batch of calls is plain additions."""
+    cap, billable, over_cap = meter.cap, meter.billable, meter.over_cap
+    mark = _next_mark(meter)
+    alerts: list[tuple[int, Alert]] = []
+    for index, cost in enumerate(costs):
+        room = cap - billable
+        if cost <= room:
+            billable += cost
+        elif room > 0:
+            billable, over_cap = cap, over_cap + (cost - room)
+        else:
+            over_cap += cost
+        if mark is not None and billable >= mark:
+            meter, raised = _new_alerts(replace(meter, billable=billable, over_cap=over_cap))
+            alerts.extend((index, alert) for alert in raised)
+            mark = _next_mark(meter)
+    return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), alerts
+
+
+
+def _next_mark(meter: Meter) -> Decimal | None:
+    """The accrual at which the next alert (threshold or block) is due, None when none is left."""
+    for percent in THRESHOLDS:  # ascending: the first one not alerted yet is the next one
+        if percent not in meter.alerted:
+            return meter.cap * percent / 100
+    return None if meter.blocked else meter.cap
 
 
 def accrue_late(meter: Meter, cost: Decimal) -> Meter:

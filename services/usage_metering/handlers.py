@@ -61,6 +61,9 @@ async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
 
 @registry.on_batch(m.CallCharged, deduplicates=True)  # by (account, call id) in `calls`
 async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
+    """A batch of calls in a handful of statements: read the accounts, record the calls (repeats
+    drop out), read the meters they touch, fold each meter's calls in order, write the meters back
+    if nobody changed them meanwhile (else the batch is retried)."""
     store = MeterStore(unit.session)
     await store.share_metering()
     accounts = await store.accounts({call.account_id for call in batch})
@@ -69,37 +72,36 @@ async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
         await unit.lock_account(account_id)
     if unknown:
         accounts |= await store.accounts(unknown)
+
     known: list[tuple[m.CallCharged, Cycle]] = []
+    seen: set[tuple[str, str]] = set()
     for call in batch:
         account = accounts.get(call.account_id)
         if account is None:
             await unit.park(USAGE_CALLS.name, call)  # its AccountOpened has not arrived yet
-        else:
+        elif (call.account_id, call.call_id) not in seen:  # a call is charged once, however often reported
+            seen.add((call.account_id, call.call_id))
             known.append((call, cycle_containing(account.billing_day, call.business_date)))
+    repeats = set(await store.claim_calls([(c.account_id, c.call_id, c.cost, cy.start) for c, cy in known]))
 
-    fresh_ids = await store.claim_calls([(c.account_id, c.call_id, c.cost, cy.start) for c, cy in known])
-    fresh: list[tuple[m.CallCharged, Cycle]] = []
-    for call, cycle in known:
-        key = (call.account_id, call.call_id)
-        if key in fresh_ids:  # a call is charged once, however often it is reported
-            fresh_ids.discard(key)
-            fresh.append((call, cycle))
-
-    await store.ensure_meters({(c.account_id, cy): accounts[c.account_id].cap for c, cy in fresh})
-    stored = await store.meters((c.account_id, cy.start) for c, cy in fresh)
-    changed: dict[tuple[str, Cycle], domain.Meter] = {}
-    for call, cycle in fresh:
-        account = accounts[call.account_id]
-        meter = changed.get((call.account_id, cycle)) or stored.get((call.account_id, cycle.start))
-        if meter is None:
-            meter = domain.Meter(cap=account.cap)
+    by_meter: dict[tuple[str, Cycle], list[m.CallCharged]] = {}
+    for index, (call, cycle) in enumerate(known):
+        if index not in repeats:
+            by_meter.setdefault((call.account_id, cycle), []).append(call)
+    stored = await store.versioned_meters([(a, cycle.start) for a, cycle in by_meter])
+    changed: dict[tuple[str, Cycle], tuple[domain.Meter, int | None]] = {}
+    for (account_id, cycle), calls in by_meter.items():
+        account = accounts[account_id]
+        meter, version = stored.get((account_id, cycle.start)) or (domain.Meter(cap=account.cap), None)
         if cycle < account.open_cycle:
-            meter = domain.accrue_late(meter, call.cost)
+            for call in calls:
+                meter = domain.accrue_late(meter, call.cost)
         else:
-            meter, alerts = domain.accrue(meter, call.cost)
-            _emit_alerts(unit, call, cycle, alerts)
-        changed[(call.account_id, cycle)] = meter
-    await store.save_meters(changed)
+            meter, alerts = domain.accrue_many(meter, [call.cost for call in calls])
+            for index, alert in alerts:
+                _emit_alerts(unit, calls[index], cycle, [alert])
+        changed[(account_id, cycle)] = (meter, version)
+    await store.save_meters_if_unchanged(changed)
 
 
 @registry.on(m.SetCallingCreditCap)

@@ -1,6 +1,6 @@
 """The consumer runtime every service uses: inbox, outbox, dead letters, batch processing."""
 
-from shared.runtime.processor import BatchProcessor, HandlerRegistry, Rejected, Unit
+from shared.runtime.processor import BatchProcessor, ConcurrentUpdate, HandlerRegistry, Rejected, Unit
 from shared.runtime.relay import OutboxRelay
 
-__all__ = ["BatchProcessor", "HandlerRegistry", "OutboxRelay", "Rejected", "Unit"]
+__all__ = ["BatchProcessor", "ConcurrentUpdate", "HandlerRegistry", "OutboxRelay", "Rejected", "Unit"]

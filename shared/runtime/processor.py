@@ -42,6 +42,11 @@ BatchHandler = Callable[["Unit", list[Any]], Awaitable[None]]
 REASON_CODE_BY_FIELD = {"product": "unknown_product", "quantity": "invalid_quantity", "cap": "invalid_cap"}
 
 
+class ConcurrentUpdate(Exception):
+    """A handler found that state it read was changed by another transaction before it wrote
+    (optimistic concurrency): the batch is rolled back and retried like a transient failure."""
+
+
 class UnknownAccount(Exception):
     """An event names an account this service has not heard of yet: park it until it opens."""
 
@@ -157,6 +162,8 @@ def one_per_account(messages: Sequence[A]) -> list[list[A]]:
 
 def is_transient(exc: BaseException) -> bool:
     """Failures that go away by themselves: retry the same batch rather than dead-letter it."""
+    if isinstance(exc, ConcurrentUpdate):
+        return True
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError | sa.exc.OperationalError):
             return True
@@ -378,4 +385,4 @@ def _context(record: Record) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
-__all__ = ["BatchProcessor", "Command", "HandlerRegistry", "Rejected", "Unit", "UnknownAccount"]
+__all__ = ["BatchProcessor", "Command", "ConcurrentUpdate", "HandlerRegistry", "Rejected", "Unit", "UnknownAccount"]

@@ -6,6 +6,7 @@ settings, handlers, topics and migrations; nothing else wires dependencies.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ def build_worker(
     @app.after_startup
     async def start_relay() -> None:
         await relay.start()
+        # What exists now (modules, the app, pools) lives as long as the process: keep the cyclic
+        # garbage collector from walking it again and again under load.
+        gc.freeze()
         log.info("worker started", extra={"service": service})
 
     @app.after_shutdown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -133,3 +134,57 @@ async def test_calls_that_arrive_before_their_account_opens_are_kept_and_accrued
 
     await wait_until(lambda: _equals(accrued(dbs, account), Decimal("7.50")), what="the parked calls to accrue")
     assert await scalar(dbs["usage_metering"], "select count(*) from parked where account_id = :a", a=account) == 0
+
+
+async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(stack: Bus, dbs, monkeypatch) -> None:
+    """Meters are written optimistically (version check, no row lock). Two batches of calls for
+    the same account (e.g. parked calls released while new ones arrive, or two replicas during a
+    rebalance): the one that read the meter before the other committed must retry, not overwrite."""
+    from services.usage_metering import handlers
+    from services.usage_metering.storage import MeterStore
+    from shared.db import make_sessions
+    from shared.runtime import BatchProcessor
+    from shared.runtime.codec import Record
+
+    account = await open_account(stack)
+    earlier, first, second = (
+        [call(account, "10.00")],
+        [call(account, "90.00"), call(account, "30.00")],
+        [call(account, "140.00")],
+    )
+    first_read, second_done = asyncio.Event(), asyncio.Event()
+    reads = 0
+    original = MeterStore.versioned_meters
+
+    async def slow_first_read(self: MeterStore, keys):  # the first batch reads, then waits for the second
+        nonlocal reads
+        found = await original(self, keys)
+        reads += 1
+        if not first_read.is_set():
+            first_read.set()
+            await second_done.wait()
+        return found
+
+    processor = BatchProcessor("usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry)
+
+    def records(calls: list[m.CallCharged]) -> list[Record]:
+        return [Record("usage.calls", 0, 0, account.encode(), c.model_dump_json().encode(), (), 1) for c in calls]
+
+    async def second_batch() -> None:
+        await first_read.wait()
+        await processor.process(records(second))
+        second_done.set()
+
+    await processor.process(records(earlier))  # the meter exists: both batches update it
+    monkeypatch.setattr(MeterStore, "versioned_meters", slow_first_read)
+    await asyncio.gather(processor.process(records(first)), second_batch())
+
+    assert reads == 3  # first, second, and the first again after its write was refused
+    assert await accrued(dbs, account) == Decimal("250.00")
+    over = await scalar(dbs["usage_metering"], "select over_cap from meters where account_id = :a", a=account)
+    assert over == Decimal("20.00")  # 10 + 90 + 30 + 140 = 270: 250 billed, 20 over the cap
+    await stack.wait_count(ALERTS, 1, account_id=account, type="CallingBlocked")
+    thresholds = sorted(
+        a["threshold_percent"] for a in stack.matching(ALERTS, account_id=account, type="CallingCreditThresholdReached")
+    )
+    assert thresholds == [50, 80, 100]

@@ -308,3 +308,43 @@ def test_no_other_role_may_change_the_cap(role):
         domain.authorize_cap_change(role)
 
     assert refused.value.reason_code == "not_authorized"
+
+
+meters = st.builds(
+    Meter,
+    cap=st.decimals(min_value=0, max_value=Decimal("1000.00"), places=2),
+    billable=st.decimals(min_value=0, max_value=1200, places=6),
+    over_cap=st.decimals(min_value=0, max_value=100, places=6),
+    alerted=st.frozensets(st.sampled_from(domain.THRESHOLDS)),
+    blocked=st.booleans(),
+)
+
+
+@settings(max_examples=400)
+@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
+def test_a_batch_of_calls_accrues_and_alerts_exactly_as_the_calls_one_by_one(meter, costs):
+    """The batch path (accrue_many) is the hot path of the service; accrue is the rule."""
+    expected_alerts: list[tuple[int, Alert]] = []
+    expected = meter
+    for index, cost in enumerate(costs):
+        expected, alerts = domain.accrue(expected, cost)
+        expected_alerts += [(index, alert) for alert in alerts]
+
+    folded, alerts = domain.accrue_many(meter, costs)
+
+    assert folded == expected
+    assert alerts == expected_alerts
+
+
+def test_a_batch_that_crosses_every_threshold_names_the_call_that_crossed_each():
+    costs = [Decimal("100.00"), Decimal("30.00"), Decimal("80.00"), Decimal("40.00"), Decimal("5.00")]
+
+    meter, alerts = domain.accrue_many(Meter(cap=CAP), costs)
+
+    assert [(i, a.kind, a.threshold_percent, a.billable) for i, a in alerts] == [
+        (1, "threshold", 50, Decimal("130.00")),
+        (2, "threshold", 80, Decimal("210.00")),
+        (3, "threshold", 100, CAP),
+        (3, "blocked", None, CAP),
+    ]
+    assert (meter.billable, meter.over_cap) == (CAP, Decimal("5.00"))

@@ -1,0 +1,18 @@
+"""Usage metering: a version on each meter, so a batch of calls can write its meters without
+locking them first and still never overwrite a concurrent change (it retries instead).
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+
+def upgrade() -> None:
+    # "if not exists": revision 0001 creates the tables from storage.py, which has the column now.
+    op.execute("alter table meters add column if not exists version integer not null default 0")
+    # Meters are updated far more often than inserted: leave room on each page for in-place updates.
+    op.execute("alter table meters set (fillfactor = 70)")
