@@ -91,7 +91,6 @@ def accrue_many(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[tup
     return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), alerts
 
 
-
 def _next_mark(meter: Meter) -> Decimal | None:
     """The accrual at which the next alert (threshold or block) is due, None when none is left."""
     for percent in THRESHOLDS:  # ascending: the first one not alerted yet is the next one

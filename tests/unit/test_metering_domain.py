@@ -327,8 +327,8 @@ def test_a_batch_of_calls_accrues_and_alerts_exactly_as_the_calls_one_by_one(met
     expected_alerts: list[tuple[int, Alert]] = []
     expected = meter
     for index, cost in enumerate(costs):
-        expected, alerts = domain.accrue(expected, cost)
-        expected_alerts += [(index, alert) for alert in alerts]
+        expected, raised = domain.accrue(expected, cost)
+        expected_alerts += [(index, alert) for alert in raised]
 
     folded, alerts = domain.accrue_many(meter, costs)
 
