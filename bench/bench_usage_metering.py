@@ -96,6 +96,12 @@ def parse_args() -> argparse.Namespace:
         help="calls/s in the alert phase (default: half the measured sustained rate)",
     )
     parser.add_argument("--crossings", type=int, default=20, help="threshold-crossing calls per second (default 20)")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="usage-metering processes in the consumer group (default 2: one per core; usage.calls has 12 partitions)",
+    )
     parser.add_argument("--skip-replay", action="store_true", help="skip (c)")
     parser.add_argument("--skip-alerts", action="store_true", help="skip (d)")
     parser.add_argument("--seed", type=int, default=7)
@@ -261,6 +267,30 @@ class Drain:
         return self.events / self.ready_to_done if self.ready_to_done > 0 else float("nan")
 
 
+REPLICAS = 1  # set from --replicas in main()
+
+
+def replica_names() -> list[str]:
+    return [SERVICE] if REPLICAS == 1 else [f"{SERVICE}-{i + 1}" for i in range(REPLICAS)]
+
+
+async def start_metering(workers: Workers) -> float:
+    """Start the usage-metering replicas (one consumer group); returns when the first one was ready
+    (timing from there counts the others' start-up and the group's rebalance against the rate)."""
+    for name in replica_names():
+        workers.start(SERVICE, name)
+    return min([await workers.wait_ready(name) for name in replica_names()])
+
+
+def stop_metering(workers: Workers) -> None:
+    for name in replica_names():
+        workers.stop(name)
+
+
+def metering_cpu(cpu: dict[str, tuple[float, float]]) -> float:
+    return sum(avg for name, (avg, _) in cpu.items() if name.startswith(SERVICE))
+
+
 async def drain(
     stack: Stack,
     workers: Workers,
@@ -272,7 +302,7 @@ async def drain(
 ) -> tuple[Drain, dict[str, tuple[float, float]]]:
     """Start the worker and time it from ready until the group committed ``ends`` on usage.calls."""
     total = sum(ends[tp] - starts[tp] for tp in ends)
-    ready = await workers.start_ready(SERVICE)
+    ready = await start_metering(workers)
     samples: list[tuple[float, int]] = []
     async with Admin(stack) as admin:
 
@@ -502,7 +532,9 @@ async def _sum_is(conn: Any, query: str, lo: str, hi: str, expected: Decimal) ->
 
 
 async def main() -> int:
+    global REPLICAS
     args = parse_args()
+    REPLICAS = args.replicas
     stack = stack_from(args)
     prefix = run_prefix("um")
     banner(
@@ -510,6 +542,7 @@ async def main() -> int:
         stack,
         events=args.events,
         accounts=args.accounts,
+        replicas=args.replicas,
         dup_rate=args.dup_rate,
         run=prefix,
     )
@@ -521,7 +554,7 @@ async def main() -> int:
         # 0. Accounts first, recorded by the worker; then the worker stops.
         ids = [f"{prefix}-{i:05d}" for i in range(args.accounts)]
         check_contract(AccountOpened, account_opened_json(new_id(), ids[0], OPENED_AT))
-        await workers.start_ready(SERVICE)
+        await start_metering(workers)
         kafka = producer(stack)
         await kafka.start()
         try:
@@ -544,7 +577,7 @@ async def main() -> int:
             finally:
                 await conn.close()
             say(f"0. {len(ids):,} accounts opened and recorded by the worker in {took:.1f} s")
-            workers.stop(SERVICE)
+            stop_metering(workers)
 
             # 1. Fill usage.calls while no worker runs.
             started = now()
@@ -603,7 +636,7 @@ async def main() -> int:
         # (c) replay the same range.
         replay: Drain | None = None
         if not args.skip_replay:
-            workers.stop(SERVICE)
+            stop_metering(workers)
             await reset_calls_offsets(stack, starts)
             replay, _ = await drain(stack, workers, sampler, starts, ends, args.timeout, "(c) replay")
             again = await accrual(stack, prefix)
@@ -637,7 +670,7 @@ async def main() -> int:
                 f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "
                 f"alerts (target <= 100 ms): {verdict(alerts['p99_ms'] <= 100 and alerts['received'] == alerts['expected'])}"
             )
-        say(f"   worker CPU during (b): {cpu_b.get('usage_metering', (0.0, 0.0))[0]:.0f} % of a core")
+        say(f"   worker CPU during (b): {metering_cpu(cpu_b):.0f} % of a core, {REPLICAS} replica(s)")
         return 0 if ok_sum else 1
     finally:
         workers.stop_all()
