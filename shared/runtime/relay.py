@@ -14,9 +14,9 @@ import logging
 import zlib
 from typing import Any
 
-import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self._partitioner = DefaultPartitioner()  # the producer's own: same key, same partition
 
     def wake(self) -> None:
         self._wake.set()
@@ -81,49 +82,91 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
 
     async def relay_once(self) -> int:
-        """Publish one batch of unpublished rows; returns how many."""
+        """Publish one batch of unpublished rows; returns how many.
+
+        The rows are deleted in the same transaction that publishes them, and the transaction
+        commits only after the broker acknowledged every record: a failure rolls the delete back.
+        """
         async with self.sessions() as session, session.begin():
-            leader = await session.scalar(sa.text("select pg_try_advisory_xact_lock(:k)"), {"k": self.lock_key})
-            if not leader:
+            connection = await session.connection()
+            db: Any = (await connection.get_raw_connection()).driver_connection
+            if not await db.fetchval("select pg_try_advisory_xact_lock($1)", self.lock_key):
                 return 0
-            rows = (
-                await session.execute(
-                    sa.text("select id, topic, key, payload from outbox order by id limit :n for update"),
-                    {"n": self.batch_size},
-                )
-            ).all()
+            rows = await db.fetch(
+                "delete from outbox where id = any(array(select id from outbox order by id limit $1 for update)) "
+                "returning id, topic, key, payload",
+                self.batch_size,
+            )
             if not rows:
                 return 0
-            assert self.producer is not None, "start() the relay first"
-            pending: list[tuple[Any, asyncio.Future[Any]]] = []
-            failed: list[tuple[Any, BaseException]] = []
-            for row in rows:
-                _id, topic, key, payload = row
-                try:
-                    pending.append(
-                        (row, await self.producer.send(topic, value=payload, key=key.encode() if key else None))
-                    )
-                except NEVER_DELIVERABLE as refused:  # refused before sending (e.g. over max_request_size)
-                    failed.append((row, refused))
-            results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
-            failed += [(row, r) for (row, _), r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            rows.sort(key=lambda row: row[0])  # commit order (DELETE ... RETURNING has none)
+            failed = await self._publish(rows)
             retry = [error for _, error in failed if not isinstance(error, NEVER_DELIVERABLE)]
             if retry:
-                raise retry[0]  # the broker may take it later: retry the batch
+                raise retry[0]  # the broker may take it later: roll back and retry the batch
             for (row_id, topic, _key, payload), error in failed:
                 # The broker will never take this record (e.g. too large): keep it for operators
                 # instead of blocking every later event of the service.
                 log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(error)})
-                await session.execute(
-                    sa.text(
-                        'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
-                        "values (:t, -1, :o, 0, :e, :p) on conflict do nothing"
-                    ),
-                    {"t": f"outbox:{topic}", "o": row_id, "e": repr(error), "p": payload},
+                await db.execute(
+                    'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
+                    "values ($1, -1, $2, 0, $3, $4) on conflict do nothing",
+                    f"outbox:{topic}",
+                    row_id,
+                    repr(error),
+                    payload,
                 )
-            await session.execute(sa.text("delete from outbox where id = any(:ids)"), {"ids": [r[0] for r in rows]})
         self.published += len(rows)
         return len(rows)
+
+    async def _publish(self, rows: list[Any]) -> list[tuple[Any, BaseException]]:
+        """Send rows (in order) as per-partition batches; wait for the broker. Returns the rows
+        that failed, with why. Per partition the order is kept: batches leave one at a time."""
+        producer = self.producer
+        assert producer is not None, "start() the relay first"
+        partitions: dict[str, list[int]] = {}
+        open_batches: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
+        pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        failed: list[tuple[Any, BaseException]] = []
+
+        async def flush(slot: tuple[str, int]) -> None:
+            batch, batch_rows = open_batches.pop(slot)
+            pending.append((batch_rows, await producer.send_batch(batch, slot[0], partition=slot[1])))
+
+        for row in rows:
+            _id, topic, key, payload = row
+            key_bytes = key.encode() if key else None
+            if topic not in partitions:
+                try:
+                    partitions[topic] = sorted(await producer.partitions_for(topic))
+                except NEVER_DELIVERABLE as refused:  # e.g. an invalid topic name
+                    failed.append((row, refused))
+                    continue
+            slot = (topic, self._partitioner(key_bytes, partitions[topic], partitions[topic]))
+            for _attempt in range(2):
+                if slot not in open_batches:
+                    open_batches[slot] = (producer.create_batch(), [])
+                batch, batch_rows = open_batches[slot]
+                if batch.append(key=key_bytes, value=payload, timestamp=None) is not None:
+                    batch_rows.append(row)
+                    break
+                if not batch_rows:  # larger than a whole batch: send it alone, the broker decides
+                    open_batches.pop(slot)
+                    try:
+                        pending.append(
+                            ([row], await producer.send(topic, value=payload, key=key_bytes, partition=slot[1]))
+                        )
+                    except NEVER_DELIVERABLE as refused:  # refused before sending (over max_request_size)
+                        failed.append((row, refused))
+                    break
+                await flush(slot)  # full: send it, then start the next batch of this partition
+        for slot in list(open_batches):
+            await flush(slot)
+        results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+        for (batch_rows, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                failed += [(row, result) for row in batch_rows]
+        return failed
 
 
 def make_producer(**kafka_options: object) -> AIOKafkaProducer:
