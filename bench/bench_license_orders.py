@@ -354,6 +354,13 @@ async def main() -> int:
         )
         say(f"   transport floor (intended send -> a bare consumer has the command): {latency_line(transport)}")
         say(f"   latency (intended send -> result event arrival): {latency_line(latencies)}")
+        windows: dict[int, list[float]] = {}
+        for message_id, offset_s in intended.items():
+            windows.setdefault(int(offset_s // 2), []).append(results.arrived[message_id] - (clock[0] + offset_s))
+        say(
+            "   p99 per 2 s of the schedule (ms): "
+            + " ".join(f"{1000 * sorted(v)[int(0.99 * (len(v) - 1))]:.0f}" for _, v in sorted(windows.items()))
+        )
         for kind, values in sorted(by_type.items()):
             say(f"     {kind}: {latency_line(values)}")
         if results.rejections:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,12 +40,18 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     @property
-    def database_url(self) -> str:
-        password = self.database_password.get_secret_value()
+    def database_dsn(self) -> str:
+        """libpq-style URL (asyncpg connects with it directly)."""
+        password = quote(self.database_password.get_secret_value(), safe="")
         return (
-            f"postgresql+asyncpg://{self.database_user}:{password}@{self.database_host}:"
+            f"postgresql://{quote(self.database_user, safe='')}:{password}@{self.database_host}:"
             f"{self.database_port}/{self.database_name}"
         )
+
+    @property
+    def database_url(self) -> str:
+        """The same for SQLAlchemy."""
+        return self.database_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> ServiceSettings:

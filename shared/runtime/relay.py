@@ -14,12 +14,17 @@ import logging
 import zlib
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
+
+# The leader's connection is closed by PostgreSQL after this long idle (a frozen process), which
+# releases its lock; a standby replica tries to take the lead this often.
+LEADER_IDLE_TIMEOUT = "5s"
+STANDBY_POLL_S = 1.0
 
 # Refusals that no retry will change; anything else (time-outs, broker down, leader moving) is retried.
 NEVER_DELIVERABLE = (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError)
@@ -29,13 +34,13 @@ class OutboxRelay:
     def __init__(
         self,
         service: str,
-        sessions: async_sessionmaker[AsyncSession],
+        dsn: str,
         kafka_options: dict[str, Any],
         batch_size: int = 2000,
         poll_interval_s: float = 0.05,
     ) -> None:
         self.service = service
-        self.sessions = sessions
+        self.dsn = dsn
         self.kafka_options = kafka_options
         self.producer: AIOKafkaProducer | None = None
         self.batch_size = batch_size
@@ -65,45 +70,53 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = 0.1
         while True:
-            # Clear before relaying, not after: a commit that wakes us while we relay must not be lost.
-            self._wake.clear()
             try:
-                sent = await self.relay_once()
-                backoff = 0.1
+                await self._lead()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox relay failed, retrying", extra={"service": self.service, "error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
-            if sent < self.batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+            else:
+                backoff = 0.1
 
-    async def relay_once(self) -> int:
-        """Publish one batch of unpublished rows; returns how many.
+    async def _lead(self) -> None:
+        """Become the service's one relay (a session advisory lock on a connection of its own), then
+        relay until that connection fails. The lock goes with the connection: a relay that dies, or
+        is frozen longer than ``LEADER_IDLE_TIMEOUT`` (PostgreSQL closes its idle connection), hands
+        over to a standby replica."""
+        db = await asyncpg.connect(self.dsn, server_settings={"idle_session_timeout": LEADER_IDLE_TIMEOUT})
+        try:
+            while True:
+                if await db.fetchval("select pg_try_advisory_lock($1)", self.lock_key):
+                    break
+                await asyncio.sleep(STANDBY_POLL_S)  # another replica relays
+            log.info("outbox relay leading", extra={"service": self.service})
+            while True:
+                # Clear before relaying, not after: a commit that wakes us while we relay must not be lost.
+                self._wake.clear()
+                sent = await self.relay_once(db)
+                if sent < self.batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(db.close(), timeout=2)
+            db.terminate()
 
-        The rows are deleted in the same transaction that publishes them, and the transaction
-        commits only after the broker acknowledged every record: a failure rolls the delete back.
-        """
-        async with self.sessions() as session, session.begin():
-            connection = await session.connection()
-            db: Any = (await connection.get_raw_connection()).driver_connection
-            if not await db.fetchval("select pg_try_advisory_xact_lock($1)", self.lock_key):
-                return 0
-            rows = await db.fetch(
-                "delete from outbox where id = any(array(select id from outbox order by id limit $1 for update)) "
-                "returning id, topic, key, payload",
-                self.batch_size,
-            )
-            if not rows:
-                return 0
-            rows.sort(key=lambda row: row[0])  # commit order (DELETE ... RETURNING has none)
-            failed = await self._publish(rows)
-            retry = [error for _, error in failed if not isinstance(error, NEVER_DELIVERABLE)]
-            if retry:
-                raise retry[0]  # the broker may take it later: roll back and retry the batch
+    async def relay_once(self, db: Any) -> int:
+        """Publish one batch of unpublished rows, oldest first; returns how many. Only the leader
+        runs this, so reading without row locks is safe. Rows are deleted once the broker acknowledged
+        them: a crash in between publishes them again (consumers deduplicate on ``message_id``)."""
+        rows = await db.fetch("select id, topic, key, payload from outbox order by id limit $1", self.batch_size)
+        if not rows:
+            return 0
+        failed = await self._publish(rows)
+        retry = [error for _, error in failed if not isinstance(error, NEVER_DELIVERABLE)]
+        if retry:
+            raise retry[0]  # the broker may take it later: publish the batch again
+        async with db.transaction():
             for (row_id, topic, _key, payload), error in failed:
                 # The broker will never take this record (e.g. too large): keep it for operators
                 # instead of blocking every later event of the service.
@@ -116,6 +129,7 @@ class OutboxRelay:
                     repr(error),
                     payload,
                 )
+            await db.execute("delete from outbox where id = any($1::bigint[])", [row[0] for row in rows])
         self.published += len(rows)
         return len(rows)
 
@@ -174,7 +188,7 @@ def make_producer(**kafka_options: object) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        linger_ms=0,  # the relay batches per partition itself
         max_batch_size=256 * 1024,
         request_timeout_ms=30000,
         **kafka_options,

@@ -90,7 +90,7 @@ def build_worker(
     sessions = make_sessions(engine)
     relay = OutboxRelay(
         service,
-        sessions,
+        settings.database_dsn,
         settings.kafka_options(),
         batch_size=settings.relay_batch_size,
         poll_interval_s=settings.relay_poll_interval_s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import uuid
@@ -203,3 +204,56 @@ async def test_a_redelivered_poison_record_gives_one_dead_letter_but_a_recreated
     assert stored == 2
     letters = await stack.wait_count("licensing.commands.dlq", 2, offset=offset)
     assert sorted(x["value_text"] for x in letters) == ["not json", "not json either"]
+
+
+async def test_the_relay_publishes_a_big_backlog_once_each_in_order_per_key(stack: Bus, dbs) -> None:
+    """The relay sends per-partition batches; a record larger than a batch goes alone. Every row
+    arrives exactly once and each key's rows arrive in the order they were written."""
+    from aiokafka import AIOKafkaConsumer
+
+    topic = f"relay-order-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 6, 1)])
+    keys = [f"k{i}" for i in range(40)]
+    written = []
+    for seq in range(3000):
+        key = keys[seq % 7 * 5 % 40] if seq % 3 else keys[seq % 40]
+        padding = "x" * 400_000 if seq in (1234, 2345) else ""  # over a 256 KiB batch
+        written.append((uuid.uuid4(), key, f'{{"key":"{key}","seq":{seq},"pad":"{padding}"}}'.encode()))
+    async with dbs["license_orders"].begin() as conn:
+        await conn.execute(
+            sa.text(
+                "insert into outbox (message_id, topic, key, payload) "
+                "select * from unnest(cast(:i as uuid[]), cast(:t as text[]), cast(:k as text[]), cast(:p as bytea[]))"
+            ),
+            {
+                "i": [w[0] for w in written],
+                "t": [topic] * len(written),
+                "k": [w[1] for w in written],
+                "p": [w[2] for w in written],
+            },
+        )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    await consumer.start()
+    received: list[tuple[str, int]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(received) < len(written) and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    body = json.loads(record.value)
+                    assert record.key == body["key"].encode()
+                    received.append((body["key"], body["seq"]))
+        await asyncio.sleep(1)  # anything sent twice would show up now
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            received += [(r.key.decode(), -1) for r in records]
+    finally:
+        await consumer.stop()
+        await admin.delete_topics([topic])
+        await admin.close()
+
+    assert sorted(seq for _, seq in received) == list(range(3000))  # each once, none lost
+    for key in keys:
+        mine = [seq for k, seq in received if k == key]
+        assert mine == sorted(mine), f"{key} out of order"
