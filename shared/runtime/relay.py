@@ -1,9 +1,10 @@
 """The outbox relay: publishes committed outbox rows to Kafka in commit order, then deletes them.
 
-One relay per service is active at a time (a PostgreSQL advisory lock), so one account's
-events leave in the order they were written. A row is deleted only after the broker
-acknowledged it (``acks=all``, idempotent producer): a crash in between publishes it again,
-and consumers deduplicate on ``message_id``.
+One relay per service is active at a time (a session advisory lock), so one account's events
+leave in the order they were written. Rows go out as per-partition batches. A row is deleted
+only after the broker acknowledged it (``acks=all``, idempotent producer), by the same statement
+that reads the next rows (one round trip per round): a crash in between publishes it again, and
+consumers deduplicate on ``message_id``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 # releases its lock; a standby replica tries to take the lead this often.
 LEADER_IDLE_TIMEOUT = "5s"
 STANDBY_POLL_S = 1.0
+
+DELETE_PUBLISHED = "delete from outbox where id = any($1::bigint[])"
 
 # Refusals that no retry will change; anything else (time-outs, broker down, leader moving) is retried.
 NEVER_DELIVERABLE = (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError)
@@ -93,45 +96,59 @@ class OutboxRelay:
                     break
                 await asyncio.sleep(STANDBY_POLL_S)  # another replica relays
             log.info("outbox relay leading", extra={"service": self.service})
-            while True:
-                # Clear before relaying, not after: a commit that wakes us while we relay must not be lost.
-                self._wake.clear()
-                sent = await self.relay_once(db)
-                if sent < self.batch_size:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+            published: list[int] = []  # acknowledged by the broker, deleted by the next round
+            try:
+                while True:
+                    # Clear before relaying, not after: a commit that wakes us while we relay must not be lost.
+                    self._wake.clear()
+                    published = await self.relay_once(db, published)
+                    if len(published) < self.batch_size:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+            finally:
+                if published:  # stopping: do not leave them to be published again by the next leader
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(db.execute(DELETE_PUBLISHED, published), timeout=2)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(db.close(), timeout=2)
             db.terminate()
 
-    async def relay_once(self, db: Any) -> int:
-        """Publish one batch of unpublished rows, oldest first; returns how many. Only the leader
-        runs this, so reading without row locks is safe. Rows are deleted once the broker acknowledged
-        them: a crash in between publishes them again (consumers deduplicate on ``message_id``)."""
-        rows = await db.fetch("select id, topic, key, payload from outbox order by id limit $1", self.batch_size)
+    async def relay_once(self, db: Any, published: list[int]) -> list[int]:
+        """Delete the rows the broker acknowledged last round and read the next ones, oldest first,
+        in one statement; publish them; return their ids (deleted next round). Only the leader runs
+        this, so reading without row locks is safe. A crash before the next round publishes the
+        last rows again: consumers deduplicate on ``message_id``."""
+        rows = await db.fetch(
+            "with published as (" + DELETE_PUBLISHED + ") "
+            "select id, topic, key, payload from outbox where id <> all($1::bigint[]) order by id limit $2",
+            published,
+            self.batch_size,
+        )
         if not rows:
-            return 0
+            return []
         failed = await self._publish(rows)
         retry = [error for _, error in failed if not isinstance(error, NEVER_DELIVERABLE)]
         if retry:
             raise retry[0]  # the broker may take it later: publish the batch again
-        async with db.transaction():
-            for (row_id, topic, _key, payload), error in failed:
-                # The broker will never take this record (e.g. too large): keep it for operators
-                # instead of blocking every later event of the service.
-                log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(error)})
-                await db.execute(
-                    'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
-                    "values ($1, -1, $2, 0, $3, $4) on conflict do nothing",
-                    f"outbox:{topic}",
-                    row_id,
-                    repr(error),
-                    payload,
-                )
-            await db.execute("delete from outbox where id = any($1::bigint[])", [row[0] for row in rows])
+        if failed:
+            async with db.transaction():
+                for (row_id, topic, _key, payload), error in failed:
+                    # The broker will never take this record (e.g. too large): keep it for operators
+                    # instead of blocking every later event of the service.
+                    log.error("outbox row refused by the broker", extra={"service": self.service, "error": repr(error)})
+                    await db.execute(
+                        'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
+                        "values ($1, -1, $2, 0, $3, $4) on conflict do nothing",
+                        f"outbox:{topic}",
+                        row_id,
+                        repr(error),
+                        payload,
+                    )
+                await db.execute(DELETE_PUBLISHED, [row[0] for row, _ in failed])
         self.published += len(rows)
-        return len(rows)
+        set_aside = {row[0] for row, _ in failed}
+        return [row[0] for row in rows if row[0] not in set_aside]
 
     async def _publish(self, rows: list[Any]) -> list[tuple[Any, BaseException]]:
         """Send rows (in order) as per-partition batches; wait for the broker. Returns the rows
