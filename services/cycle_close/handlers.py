@@ -104,8 +104,15 @@ async def _reports_in(unit: Unit, reports: Sequence[m.LicenseCycleSealed | m.Usa
     invoices: list[tuple[m.InvoiceIssued, m.BillingCycleClosed]] = []
     for row in ready:
         cycle = Cycle(row.cycle_start, row.cycle_end)
-        licenses = m.LicenseCycleSealed.model_validate_json(row.license_report)
-        usage = m.UsageCycleSealed.model_validate_json(row.usage_report)
+        this = cause[(row.account_id, row.cycle_start)]  # the report in hand: no need to parse it again
+        licenses = (
+            this
+            if isinstance(this, m.LicenseCycleSealed)
+            else m.LicenseCycleSealed.model_validate_json(row.license_report)
+        )
+        usage = (
+            this if isinstance(this, m.UsageCycleSealed) else m.UsageCycleSealed.model_validate_json(row.usage_report)
+        )
         lines = domain.invoice_lines(cycle, licenses, usage, devices.get((row.account_id, cycle.start), []))
         invoice_id = invoice_id_for(row.account_id, cycle)
         closed_at = datetime.combine(cycle.end, time(0), UTC)

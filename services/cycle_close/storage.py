@@ -191,7 +191,7 @@ class CloseStore:
             sa.text(
                 "insert into invoices select * from unnest(cast(:i as uuid[]), cast(:a as text[]), "
                 "cast(:s as date[]), cast(:e as date[]), cast(:iss as date[]), cast(:due as date[]), "
-                "cast(:t as numeric[])) on conflict do nothing returning invoice_id"
+                "cast(cast(:t as text[]) as numeric[])) on conflict do nothing returning invoice_id"
             ),
             {
                 "i": [v.invoice_id for v in invoices],
@@ -200,7 +200,7 @@ class CloseStore:
                 "e": [v.cycle_end for v in invoices],
                 "iss": [v.issued_on for v in invoices],
                 "due": [v.due_on for v in invoices],
-                "t": [v.total for v in invoices],
+                "t": [str(v.total) for v in invoices],  # text: asyncpg encodes Decimal slowly
             },
         )
         new = {row[0] for row in inserted}
@@ -210,7 +210,7 @@ class CloseStore:
                 sa.text(
                     "insert into invoice_lines select * from unnest(cast(:i as uuid[]), cast(:n as int[]), "
                     "cast(:k as text[]), cast(:p as text[]), cast(:d as text[]), cast(:q as int[]), "
-                    "cast(:u as numeric[]), cast(:amt as numeric[]), cast(:ps as date[]), cast(:pe as date[]), "
+                    "cast(cast(:u as text[]) as numeric[]), cast(cast(:amt as text[]) as numeric[]), cast(:ps as date[]), cast(:pe as date[]), "
                     "cast(:late as boolean[]))"
                 ),
                 {
@@ -220,8 +220,8 @@ class CloseStore:
                     "p": [line.product for _, _, line in lines],
                     "d": [line.description for _, _, line in lines],
                     "q": [line.quantity for _, _, line in lines],
-                    "u": [line.unit_price for _, _, line in lines],
-                    "amt": [line.amount for _, _, line in lines],
+                    "u": [None if line.unit_price is None else str(line.unit_price) for _, _, line in lines],
+                    "amt": [str(line.amount) for _, _, line in lines],
                     "ps": [line.period_start for _, _, line in lines],
                     "pe": [line.period_end for _, _, line in lines],
                     "late": [line.late for _, _, line in lines],

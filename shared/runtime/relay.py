@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import zlib
 from typing import Any
@@ -52,7 +53,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
-        self._partitioner = DefaultPartitioner()  # the producer's own: same key, same partition
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,7 +173,7 @@ class OutboxRelay:
                 except NEVER_DELIVERABLE as refused:  # e.g. an invalid topic name
                     failed.append((row, refused))
                     continue
-            slot = (topic, self._partitioner(key_bytes, partitions[topic], partitions[topic]))
+            slot = (topic, _partition_of(key_bytes, tuple(partitions[topic])))
             for _attempt in range(2):
                 if slot not in open_batches:
                     open_batches[slot] = (producer.create_batch(), [])
@@ -198,6 +198,17 @@ class OutboxRelay:
             if isinstance(result, BaseException):
                 failed += [(row, result) for row in batch_rows]
         return failed
+
+
+_PARTITIONER = DefaultPartitioner()  # the producer's own: same key, same partition as ``send``
+
+
+@functools.lru_cache(maxsize=200_000)
+def _partition_of(key: bytes | None, partitions: tuple[int, ...]) -> int:
+    """murmur2 is pure Python in aiokafka; an account's events mostly come in twos and threes."""
+    if key is None:
+        return partitions[0]
+    return int(_PARTITIONER(key, list(partitions), list(partitions)))
 
 
 def make_producer(**kafka_options: object) -> AIOKafkaProducer:
