@@ -129,6 +129,15 @@ class HandlerRegistry:
 
         return register
 
+    def wants(self, topic: str, message_type: str) -> bool:
+        """False for a type the topic carries but this service has no handler for (e.g. cycle close
+        reading ``licensing.events`` only for the seals): skipped without an inbox row. A type
+        the topic does not carry is wanted: it gets its rejection or dead letter."""
+        if message_type in self.single or message_type in self.batch:
+            return True
+        carried = BY_NAME.get(topic)
+        return carried is None or carried.model_for(message_type) is None
+
     async def dispatch(self, unit: Unit, message: Envelope) -> None:
         """Run the single-message handler for ``message`` (used to replay parked messages too)."""
         handler = self.single.get(message.type)
@@ -258,9 +267,15 @@ class BatchProcessor:
                 readable.append((record, parsed, parsed))
                 continue
             try:
-                readable.append((record, read_envelope(record), None))
+                envelope = read_envelope(record)
             except Unreadable as exc:
                 dead.append((record, str(exc)))
+                continue
+            if not self.registry.wants(record.topic, envelope.type):
+                continue  # a message of its topic this service has no use for: no inbox row, no effect
+            readable.append((record, envelope, None))
+        if not readable and not dead:
+            return
 
         async with self.sessions() as session, session.begin():
             unit = Unit(session)
