@@ -72,17 +72,19 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
-                await self._lead()
+                await self._lead()  # returns only by raising
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox relay failed, retrying", extra={"service": self.service, "error": repr(exc)})
+                if loop.time() - started > 30:
+                    backoff = 0.1  # it had been working: this is a new failure, not the same one again
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            else:
-                backoff = 0.1
 
     async def _lead(self) -> None:
         """Become the service's one relay (a session advisory lock on a connection of its own), then
