@@ -85,6 +85,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=200, help="open-loop commands/s (default 200)")
     parser.add_argument("--seconds", type=float, help="open-loop duration (default 20 s; --quick 5 s)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="license-orders processes in the consumer group (default 1; licensing.commands has 6 partitions)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="bound on each waiting phase, seconds")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 accounts, 2,000 commands, 5 s open loop")
     add_stack_arguments(parser)
@@ -245,6 +251,7 @@ async def main() -> int:
         commands=args.commands,
         rate=args.rate,
         seconds=args.seconds,
+        replicas=args.replicas,
         run=prefix,
     )
     await provision(stack)
@@ -255,7 +262,11 @@ async def main() -> int:
     reader = Reader(stack, [EVENTS, COMMANDS], results.on_record)
     kafka = producer(stack)
     try:
-        await workers.start_ready(SERVICE)
+        names = [SERVICE] if args.replicas == 1 else [f"{SERVICE}-{i + 1}" for i in range(args.replicas)]
+        for name in names:
+            workers.start(SERVICE, name)
+        for name in names:
+            await workers.wait_ready(name)
         async with Admin(stack) as admin:
             took = await admin.wait_caught_up(GROUP, SERVICE_INPUTS[SERVICE], args.timeout, "catching up")
         say(f"0. worker ready; caught up with earlier runs' records on its topics in {took:.1f} s")
@@ -375,14 +386,18 @@ async def main() -> int:
         say(f"   sustained {closed_rate:,.0f} commands/s (target >= 1,000): {verdict(closed_rate >= 1000)}")
         say(f"   p99 {p99:.1f} ms at {args.rate}/s (target <= 50 ms): {verdict(p99 <= 50)}")
         say(
-            f"   worker CPU: closed loop {cpu_closed.get(SERVICE, (0.0, 0.0))[0]:.0f} %, "
-            f"open loop {cpu_open.get(SERVICE, (0.0, 0.0))[0]:.0f} % of a core"
+            f"   worker CPU ({args.replicas} process{'es' if args.replicas > 1 else ''}): "
+            f"closed loop {worker_cpu(cpu_closed):.0f} %, open loop {worker_cpu(cpu_open):.0f} % of a core"
         )
         return 1 if results.rejections else 0
     finally:
         await kafka.stop()
         await reader.stop()
         workers.stop_all()
+
+
+def worker_cpu(cpu: dict[str, tuple[float, float]]) -> float:
+    return sum(avg for name, (avg, _) in cpu.items() if name.startswith(SERVICE))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ class ServiceSettings(BaseSettings):
 
     batch_max_records: int = 500
     batch_timeout_ms: int = 5
+    # How long the broker may hold a fetch when there is no new data. aiokafka keeps one fetch in
+    # flight per broker and leaves out the partitions whose records are still being processed,
+    # so a record arriving on such a partition waits for that fetch to come back: this bounds it.
+    fetch_max_wait_ms: int = 100
+    # Kafka consumers (of one group) per subscription in this process; they share its partitions.
+    consumers_per_subscription: int = 1
     relay_batch_size: int = 2000
     relay_poll_interval_s: float = 0.05
     fault_crash_before_commit: int = 0

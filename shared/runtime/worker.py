@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from faststream import AckPolicy, Context, FastStream
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -23,6 +23,7 @@ from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
 from shared.logs import configure_logging
 from shared.runtime.codec import Record
+from shared.runtime.offsets import OffsetCommitter, rewind
 from shared.runtime.processor import BatchProcessor, CrashPoints, HandlerRegistry
 from shared.runtime.relay import OutboxRelay
 from shared.settings import ServiceSettings
@@ -38,9 +39,11 @@ class Subscription:
     max_records: int | None = None
 
 
-async def _raw_body(message: Any) -> Any:
+async def _the_message(message: Any) -> Any:
     # Never let the framework decode: bytes that are not JSON must reach the runtime's DLQ path.
-    return message.body
+    # The handler gets FastStream's message itself (its records and its consumer), with no
+    # dependency injection: FastDepends ran its ``Context`` lookup in a thread for every batch.
+    return message
 
 
 def _security(settings: ServiceSettings) -> BaseSecurity | None:
@@ -57,6 +60,27 @@ def _security(settings: ServiceSettings) -> BaseSecurity | None:
     return kinds[settings.kafka_sasl_mechanism](
         username=settings.kafka_sasl_username or "", password=password, ssl_context=ssl_context
     )
+
+
+def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
+    """The subscriber's handler: process the batch, then hand its offsets to the committer."""
+
+    async def consume(message: KafkaMessage) -> None:
+        raw = message.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        try:
+            await processor.process(
+                [
+                    Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp or 0)
+                    for r in records
+                ]
+            )
+        except BaseException:
+            rewind(message.consumer, records)  # fetched again, never passed over by a later commit
+            raise
+        committer.processed(message.consumer, records)
+
+    return consume
 
 
 @dataclass
@@ -85,6 +109,7 @@ def build_worker(
         acks="all",
         enable_idempotence=True,
         log_level=logging.DEBUG,  # FastStream's per-batch access lines; our own logs carry the context
+        apply_types=False,  # handlers take the message as it is (see _the_message)
     )
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
@@ -103,31 +128,27 @@ def build_worker(
         crash_points=CrashPoints(settings.fault_crash_before_commit, settings.fault_crash_after_commit),
     )
 
+    committers: list[OffsetCommitter] = []
     for subscription in subscriptions:
-        subscriber = broker.subscriber(
-            *subscription.topics,
-            batch=True,
-            group_id=service,
-            auto_offset_reset="earliest",
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            max_records=subscription.max_records or settings.batch_max_records,
-            batch_timeout_ms=settings.batch_timeout_ms,
-            fetch_max_wait_ms=100,
-            decoder=_raw_body,
-            description="; ".join(BY_NAME[t].description for t in subscription.topics),
-        )
-
-        async def consume(body: Any, message: KafkaMessage = Context("message")) -> None:
-            raw = message.raw_message
-            records = raw if isinstance(raw, tuple) else (raw,)
-            await processor.process(
-                [
-                    Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp or 0)
-                    for r in records
-                ]
+        # Several consumers of one group in one process share the partitions: while one waits for
+        # PostgreSQL, another processes its batch (each partition still has one consumer, in order).
+        for index in range(settings.consumers_per_subscription):
+            committer = OffsetCommitter(service)
+            committers.append(committer)
+            subscriber = broker.subscriber(
+                *subscription.topics,
+                batch=True,
+                group_id=service,
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.MANUAL,  # offsets are committed by the OffsetCommitter, after the transaction
+                max_records=subscription.max_records or settings.batch_max_records,
+                batch_timeout_ms=settings.batch_timeout_ms,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                decoder=_the_message,
+                description="; ".join(BY_NAME[t].description for t in subscription.topics),
+                include_in_schema=index == 0,
             )
-
-        subscriber(consume)
+            subscriber(_consumer(processor, committer))
 
     for name in publishes:  # declared for the AsyncAPI document; the outbox relay does the sending
         topic = BY_NAME.get(name.removesuffix(".dlq"))
@@ -153,6 +174,11 @@ def build_worker(
         # garbage collector from walking it again and again under load.
         gc.freeze()
         log.info("worker started", extra={"service": service})
+
+    @app.on_shutdown
+    async def commit_last_offsets() -> None:
+        for committer in committers:
+            await committer.drain()
 
     @app.after_shutdown
     async def stop_relay() -> None:
