@@ -121,9 +121,13 @@ class OutboxRelay:
         in one statement; publish them; return their ids (deleted next round). Only the leader runs
         this, so reading without row locks is safe. A crash before the next round publishes the
         last rows again: consumers deduplicate on ``message_id``."""
+        # The deleted rows are still visible to this statement's select: leave them out with a hashed
+        # anti-join on the delete's own result (``id <> all($1)`` compared each row with every id:
+        # ~100 ms a round at 2,000 rows, most of a big cycle close's relay time).
         rows = await db.fetch(
-            "with published as (" + DELETE_PUBLISHED + ") "
-            "select id, topic, key, payload from outbox where id <> all($1::bigint[]) order by id limit $2",
+            "with published as (" + DELETE_PUBLISHED + " returning id) "
+            "select id, topic, key, payload from outbox where id not in (select id from published) "
+            "order by id limit $2",
             published,
             self.batch_size,
         )
