@@ -39,8 +39,8 @@ class DeviceOrder:
 
 @functools.lru_cache(maxsize=4096)
 def _period(start: date, end: date) -> str:
-    """ "Dec 1 - Dec 31, 2026" (strftime's %b was 4 % of the worker's time in a big close; a close
-    has only a few distinct periods)."""
+    """The period as invoices print it, e.g. Dec 1 - Dec 31, 2026. Cached: strftime's %b was 4 % of
+    the worker's time in a big close, which has only a few distinct periods."""
     return f"{start:%b} {start.day} - {end:%b} {end.day}, {end.year}"
 
 

@@ -31,7 +31,6 @@ class OffsetCommitter:
         self.consumer: Any = None
         self._pending: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
-        self.commits = 0
 
     def processed(self, consumer: Any, records: Iterable[Any]) -> None:
         """The records' effects are committed in the database: commit their offsets soon."""
@@ -53,7 +52,6 @@ class OffsetCommitter:
                 continue  # revoked meanwhile: the new owner starts from the last commit
             try:
                 await self.consumer.commit(offsets)
-                self.commits += 1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # redelivery is harmless: the inbox deduplicates
