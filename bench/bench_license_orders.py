@@ -53,6 +53,8 @@ from bench.common import (
     produce_batched,
     producer,
     provision,
+    replica_names,
+    replicas_cpu,
     run_main,
     run_prefix,
     say,
@@ -262,7 +264,7 @@ async def main() -> int:
     reader = Reader(stack, [EVENTS, COMMANDS], results.on_record)
     kafka = producer(stack)
     try:
-        names = [SERVICE] if args.replicas == 1 else [f"{SERVICE}-{i + 1}" for i in range(args.replicas)]
+        names = replica_names(SERVICE, args.replicas)
         for name in names:
             workers.start(SERVICE, name)
         for name in names:
@@ -387,17 +389,13 @@ async def main() -> int:
         say(f"   p99 {p99:.1f} ms at {args.rate}/s (target <= 50 ms): {verdict(p99 <= 50)}")
         say(
             f"   worker CPU ({args.replicas} process{'es' if args.replicas > 1 else ''}): "
-            f"closed loop {worker_cpu(cpu_closed):.0f} %, open loop {worker_cpu(cpu_open):.0f} % of a core"
+            f"closed loop {replicas_cpu(cpu_closed, SERVICE):.0f} %, open loop {replicas_cpu(cpu_open, SERVICE):.0f} % of a core"
         )
         return 1 if results.rejections else 0
     finally:
         await kafka.stop()
         await reader.stop()
         workers.stop_all()
-
-
-def worker_cpu(cpu: dict[str, tuple[float, float]]) -> float:
-    return sum(avg for name, (avg, _) in cpu.items() if name.startswith(SERVICE))
 
 
 if __name__ == "__main__":

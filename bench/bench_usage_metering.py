@@ -57,6 +57,8 @@ from bench.common import (
     produce_batched,
     producer,
     provision,
+    replica_names,
+    replicas_cpu,
     run_main,
     run_prefix,
     say,
@@ -270,25 +272,21 @@ class Drain:
 REPLICAS = 1  # set from --replicas in main()
 
 
-def replica_names() -> list[str]:
-    return [SERVICE] if REPLICAS == 1 else [f"{SERVICE}-{i + 1}" for i in range(REPLICAS)]
+def metering_replicas() -> list[str]:
+    return replica_names(SERVICE, REPLICAS)
 
 
 async def start_metering(workers: Workers) -> float:
     """Start the usage-metering replicas (one consumer group); returns when the first one was ready
     (timing from there counts the others' start-up and the group's rebalance against the rate)."""
-    for name in replica_names():
+    for name in metering_replicas():
         workers.start(SERVICE, name)
-    return min([await workers.wait_ready(name) for name in replica_names()])
+    return min([await workers.wait_ready(name) for name in metering_replicas()])
 
 
 def stop_metering(workers: Workers) -> None:
-    for name in replica_names():
+    for name in metering_replicas():
         workers.stop(name)
-
-
-def metering_cpu(cpu: dict[str, tuple[float, float]]) -> float:
-    return sum(avg for name, (avg, _) in cpu.items() if name.startswith(SERVICE))
 
 
 async def drain(
@@ -670,7 +668,7 @@ async def main() -> int:
                 f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "
                 f"alerts (target <= 100 ms): {verdict(alerts['p99_ms'] <= 100 and alerts['received'] == alerts['expected'])}"
             )
-        say(f"   worker CPU during (b): {metering_cpu(cpu_b):.0f} % of a core, {REPLICAS} replica(s)")
+        say(f"   worker CPU during (b): {replicas_cpu(cpu_b, SERVICE):.0f} % of a core, {REPLICAS} replica(s)")
         return 0 if ok_sum else 1
     finally:
         workers.stop_all()

@@ -160,6 +160,16 @@ class Worker:
     started_at: float
 
 
+def replica_names(service: str, replicas: int) -> list[str]:
+    """Process names of a service's replicas (one consumer group): ``service`` alone when one."""
+    return [service] if replicas == 1 else [f"{service}-{i + 1}" for i in range(replicas)]
+
+
+def replicas_cpu(cpu: dict[str, tuple[float, float]], service: str) -> float:
+    """The replicas' average CPU together, in % of one core."""
+    return sum(avg for name, (avg, _) in cpu.items() if name.startswith(service))
+
+
 class Workers:
     """The services as real processes (``python -m services.<name>``) pointed at the bench stack."""
 
