@@ -60,9 +60,9 @@ async def follow(settings: Settings, trigger_id: uuid.UUID, timeout_s: float) ->
                 row = (
                     await conn.execute(
                         sa.text(
-                            "select count(*), count(c.invoice_id), count(distinct c.account_id), "
-                            "coalesce(sum(i.total), 0) from cycle_closes c "
-                            "left join invoices i on i.invoice_id = c.invoice_id where c.trigger_id = :t"
+                            "select count(*), count(i.invoice_id), count(distinct c.account_id), "
+                            "coalesce(sum(i.total), 0) from cycle_closes c left join invoices i "
+                            "on i.account_id = c.account_id and i.cycle_start = c.cycle_start where c.trigger_id = :t"
                         ),
                         {"t": trigger_id},
                     )

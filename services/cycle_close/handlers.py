@@ -89,9 +89,7 @@ async def usage_sealed(unit: Unit, reports: list[m.UsageCycleSealed]) -> None:
 async def _reports_in(unit: Unit, reports: Sequence[m.LicenseCycleSealed | m.UsageCycleSealed], column: str) -> None:
     """Keep the seals' reports; every close that now has both gets its invoice (set-based)."""
     store = CloseStore(unit.session)
-    rows = await store.store_reports(
-        column, [(r.account_id, r.cycle_start, r.model_dump_json().encode()) for r in reports]
-    )
+    rows = await store.store_reports(column, [(r.account_id, r.cycle_start, unit.payload_of(r)) for r in reports])
     found = {(row.account_id, row.cycle_start) for row in rows}
     for report in reports:
         if (report.account_id, report.cycle_start) not in found:

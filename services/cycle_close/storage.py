@@ -33,7 +33,6 @@ closes = sa.Table(
     sa.Column("trigger_id", sa.Uuid, nullable=False),
     sa.Column("license_report", sa.LargeBinary, nullable=True),
     sa.Column("usage_report", sa.LargeBinary, nullable=True),
-    sa.Column("invoice_id", sa.Uuid, nullable=True),
     sa.Index("cycle_closes_by_trigger", "trigger_id"),
 )
 device_orders = sa.Table(
@@ -151,10 +150,12 @@ class CloseStore:
         result = await self.session.execute(
             sa.text(
                 f"update cycle_closes c set {column} = coalesce(c.{column}, r.report) "
-                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:r as bytea[])) as r(account_id, start, report), "
-                "billing_accounts b where c.account_id = r.account_id and c.cycle_start = r.start "
-                "and b.account_id = c.account_id returning c.account_id, c.cycle_start, c.cycle_end, "
-                "c.license_report, c.usage_report, c.invoice_id, b.billing_day"
+                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:r as bytea[])) as r(account_id, start, report) "
+                "join billing_accounts b on b.account_id = r.account_id "
+                "left join invoices i on i.account_id = r.account_id and i.cycle_start = r.start "
+                "where c.account_id = r.account_id and c.cycle_start = r.start "
+                "returning c.account_id, c.cycle_start, c.cycle_end, "
+                "c.license_report, c.usage_report, i.invoice_id, b.billing_day"
             ),
             {"a": accounts, "s": starts, "r": payloads},
         )
@@ -184,7 +185,8 @@ class CloseStore:
         return taken
 
     async def save_invoices(self, invoices: list[m.InvoiceIssued]) -> set[uuid.UUID]:
-        """Store invoices and their lines (one per account and cycle); return the ids that were new."""
+        """Store invoices and their lines (one per account and cycle); return the ids that were new.
+        The invoices table is what marks a close as invoiced (unique per account and cycle)."""
         if not invoices:
             return set()
         inserted = await self.session.execute(
@@ -225,19 +227,6 @@ class CloseStore:
                     "ps": [line.period_start for _, _, line in lines],
                     "pe": [line.period_end for _, _, line in lines],
                     "late": [line.late for _, _, line in lines],
-                },
-            )
-        stored = [v for v in invoices if v.invoice_id in new]
-        if stored:
-            await self.session.execute(
-                sa.text(
-                    "update cycle_closes c set invoice_id = r.i from unnest(cast(:i as uuid[]), cast(:a as text[]), "
-                    "cast(:s as date[])) as r(i, a, s) where c.account_id = r.a and c.cycle_start = r.s"
-                ),
-                {
-                    "i": [v.invoice_id for v in stored],
-                    "a": [v.account_id for v in stored],
-                    "s": [v.cycle_start for v in stored],
                 },
             )
         return new

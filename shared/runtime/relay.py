@@ -5,6 +5,9 @@ leave in the order they were written. Rows go out as per-partition batches. A ro
 only after the broker acknowledged it (``acks=all``, idempotent producer), by the same statement
 that reads the next rows (one round trip per round): a crash in between publishes it again, and
 consumers deduplicate on ``message_id``.
+
+The leader wakes on the NOTIFY that every transaction writing outbox rows sends at commit, from
+whichever replica; a short poll is only the fallback (e.g. a notification lost with a connection).
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
+from shared.runtime.tables import OUTBOX_CHANNEL
+
 log = logging.getLogger(__name__)
 
 # The leader's connection is closed by PostgreSQL after this long idle (a frozen process), which
 # releases its lock; a standby replica tries to take the lead this often.
 LEADER_IDLE_TIMEOUT = "5s"
 STANDBY_POLL_S = 1.0
+
+MAX_BATCH_BYTES = 256 * 1024
 
 DELETE_PUBLISHED = "delete from outbox where id = any($1::bigint[])"
 
@@ -57,6 +64,9 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
+    def _notified(self, *_notification: object) -> None:
+        self._wake.set()
+
     async def start(self) -> None:
         self.producer = make_producer(**self.kafka_options)
         await self.producer.start()
@@ -81,10 +91,28 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("outbox relay failed, retrying", extra={"service": self.service, "error": repr(exc)})
+                await self._renew_producer()
                 if loop.time() - started > 30:
                     backoff = 0.1  # it had been working: this is a new failure, not the same one again
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _renew_producer(self) -> None:
+        """A fresh producer (a new producer id) after a failure: an idempotent producer whose batch
+        the broker refused keeps failing with ``OutOfOrderSequenceNumber`` on that partition.
+        The rows it had sent are published again; consumers deduplicate on ``message_id``."""
+        old = self.producer
+        self.producer = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=5)
+        try:
+            producer = make_producer(**self.kafka_options)
+            await producer.start()
+        except Exception as exc:
+            log.warning("outbox relay producer did not start", extra={"service": self.service, "error": repr(exc)})
+            return  # the next round tries again
+        self.producer = producer
 
     async def _lead(self) -> None:
         """Become the service's one relay (a session advisory lock on a connection of its own), then
@@ -97,6 +125,8 @@ class OutboxRelay:
                 if await db.fetchval("select pg_try_advisory_lock($1)", self.lock_key):
                     break
                 await asyncio.sleep(STANDBY_POLL_S)  # another replica relays
+            # Commits in any replica notify the channel; commits in this process also call wake().
+            await db.add_listener(OUTBOX_CHANNEL, self._notified)
             log.info("outbox relay leading", extra={"service": self.service})
             published: list[int] = []  # acknowledged by the broker, deleted by the next round
             try:
@@ -160,7 +190,8 @@ class OutboxRelay:
         """Send rows (in order) as per-partition batches; wait for the broker. Returns the rows
         that failed, with why. Per partition the order is kept: batches leave one at a time."""
         producer = self.producer
-        assert producer is not None, "start() the relay first"
+        if producer is None:
+            raise ConnectionError("no Kafka producer: it did not start after the last failure")
         partitions: dict[str, list[int]] = {}
         open_batches: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
         pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
@@ -180,21 +211,23 @@ class OutboxRelay:
                     failed.append((row, refused))
                     continue
             slot = (topic, _partition_of(key_bytes, tuple(partitions[topic])))
+            if len(payload) >= MAX_BATCH_BYTES:
+                # A batch takes its first record whatever its size, and a broker refusal of a sent
+                # batch breaks the idempotent producer's sequence for that partition. ``send``
+                # checks ``max_request_size`` before sending; the broker decides the rest.
+                if slot in open_batches:
+                    await flush(slot)  # the partition's earlier rows leave first
+                try:
+                    pending.append(([row], await producer.send(topic, value=payload, key=key_bytes, partition=slot[1])))
+                except NEVER_DELIVERABLE as refused:
+                    failed.append((row, refused))
+                continue
             for _attempt in range(2):
                 if slot not in open_batches:
                     open_batches[slot] = (producer.create_batch(), [])
                 batch, batch_rows = open_batches[slot]
                 if batch.append(key=key_bytes, value=payload, timestamp=None) is not None:
                     batch_rows.append(row)
-                    break
-                if not batch_rows:  # larger than a whole batch: send it alone, the broker decides
-                    open_batches.pop(slot)
-                    try:
-                        pending.append(
-                            ([row], await producer.send(topic, value=payload, key=key_bytes, partition=slot[1]))
-                        )
-                    except NEVER_DELIVERABLE as refused:  # refused before sending (over max_request_size)
-                        failed.append((row, refused))
                     break
                 await flush(slot)  # full: send it, then start the next batch of this partition
         for slot in list(open_batches):
@@ -223,7 +256,7 @@ def make_producer(**kafka_options: object) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,
         linger_ms=0,  # the relay batches per partition itself
-        max_batch_size=256 * 1024,
+        max_batch_size=MAX_BATCH_BYTES,
         request_timeout_ms=30000,
         **kafka_options,
     )

@@ -13,6 +13,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+# Every transaction that writes outbox rows notifies this channel (NOTIFY is per database, and each
+# service has its own): the relay leader listens, so it wakes whichever replica committed.
+OUTBOX_CHANNEL = "outbox"
+
 
 def create_runtime_tables(op: Any) -> None:
     """Create the tables with alembic's ``op`` (the module proxy of ``Operations``)."""

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -18,8 +19,9 @@ from contracts import messages as m
 from shared.db import make_sessions
 from shared.runtime import BatchProcessor, HandlerRegistry, Unit
 from shared.runtime.codec import Record
+from shared.runtime.tables import OUTBOX_CHANNEL
 from tests.e2e.test_license_orders import command, open_account
-from tests.support import ADMIN, BOOTSTRAP, Bus, message, new_account, scalar, wait_until
+from tests.support import ADMIN, BOOTSTRAP, PG_PORT, Bus, message, new_account, scalar, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -94,6 +96,73 @@ async def test_a_rolled_back_transaction_publishes_nothing(stack: Bus, dbs) -> N
         == 0
     )
     assert stack.matching("licensing.events", message_id=str(would_be.message_id)) == []
+
+
+async def test_a_commit_that_writes_outbox_rows_wakes_the_relay_of_any_replica_and_a_rollback_does_not(
+    stack: Bus, dbs
+) -> None:
+    """The relay leader may run in another replica: it listens on the outbox channel, and the
+    notification comes with the commit (never with a rollback)."""
+    listener = await asyncpg.connect(f"postgresql://billing:billing@127.0.0.1:{PG_PORT}/license_orders")
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(OUTBOX_CHANNEL, lambda _c, _pid, channel, _p: heard.put_nowait(channel))
+    sessions = make_sessions(dbs["license_orders"])
+
+    def rejection(reason: str) -> m.CommandRejected:
+        return m.CommandRejected(
+            message_id=uuid.uuid4(),
+            account_id=new_account(),
+            occurred_at=datetime.now(UTC),
+            command_type="x",
+            reason_code="x",
+            reason=reason,
+        )
+
+    try:
+        async with sessions() as session:
+            transaction = await session.begin()
+            unit = Unit(session)
+            unit.emit("licensing.events", rejection("rolled back"))
+            await unit.flush()
+            await transaction.rollback()
+        await asyncio.sleep(0.5)
+        assert heard.empty()
+
+        async with sessions() as session, session.begin():
+            unit = Unit(session)
+            unit.emit("licensing.events", rejection("committed"))
+            await unit.flush()
+        assert await asyncio.wait_for(heard.get(), timeout=5) == OUTBOX_CHANNEL
+    finally:
+        await listener.close()
+
+
+async def test_a_batch_handler_gets_each_message_as_it_arrived_for_keeping(dbs) -> None:
+    registry = HandlerRegistry()
+    kept: list[bytes] = []
+
+    @registry.on_batch(m.UsageCycleSealed, deduplicates=True)
+    async def keep(unit: Unit, reports: list[m.UsageCycleSealed]) -> None:
+        kept.extend(unit.payload_of(report) for report in reports)
+
+    account = new_account()
+    report = m.UsageCycleSealed(
+        message_id=uuid.uuid4(),
+        account_id=account,
+        occurred_at=datetime(2026, 12, 1, tzinfo=UTC),
+        cycle_start=date(2026, 11, 1),
+        cycle_end=date(2026, 12, 1),
+        cap=Decimal("250.00"),
+        accrued=Decimal("12.345678"),
+        over_cap=Decimal("0"),
+    )
+    # A field this version does not know survives: what is kept is the record, not a re-dump.
+    arrived = report.model_dump_json()[:-1].encode() + b', "added_later": 1}'
+    processor = BatchProcessor("test", make_sessions(dbs["cycle_close"]), registry)
+    await processor.process([Record("metering.usage", 0, 1, account.encode(), arrived)])
+
+    assert kept == [arrived]
+    assert m.UsageCycleSealed.model_validate_json(kept[0]) == report
 
 
 async def test_an_outbox_row_left_by_a_killed_process_is_published_once_after_restart(stack: Bus, dbs, workers) -> None:

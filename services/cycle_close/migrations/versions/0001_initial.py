@@ -14,6 +14,7 @@ down_revision = None
 
 def upgrade() -> None:
     create_runtime_tables(op)
-    # The first revision creates the tables as storage.py defined them at the time;
-    # every later change gets its own revision with explicit operations.
+    # The first revision creates the tables as storage.py defines them now, so a new database is
+    # current after it; later revisions bring older databases there and must tolerate a new one
+    # (e.g. ``drop column if exists``).
     storage.metadata.create_all(op.get_bind())
