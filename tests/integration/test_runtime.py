@@ -233,13 +233,31 @@ async def test_a_worker_killed_mid_stream_ends_with_every_command_applied_once(s
 
 async def test_an_event_the_broker_can_never_take_is_set_aside_and_does_not_block_the_relay(stack: Bus, dbs) -> None:
     oversized = uuid.uuid4()
-    async with dbs["license_orders"].begin() as conn:
-        await conn.execute(
-            sa.text("insert into outbox (message_id, topic, key, payload) values (:i, 'licensing.events', 'k', :p)"),
-            {"i": oversized, "p": b"x" * 2_000_000},
-        )
     account = await open_account(stack)
-    reply = await command(stack, m.PurchaseLicenses, account, product="user", quantity=1)
+    behind = m.CommandRejected(
+        message_id=uuid.uuid4(),
+        account_id=account,
+        occurred_at=datetime.now(UTC),
+        command_type="x",
+        reason_code="x",
+        reason="written right after the oversized event, same partition",
+    )
+    async with dbs["license_orders"].begin() as conn:  # one round: the oversized row, then a normal one
+        await conn.execute(
+            sa.text(
+                "insert into outbox (message_id, topic, key, payload) "
+                "values (:i, 'licensing.events', :k, :p), (:j, 'licensing.events', :k, :q)"
+            ),
+            {
+                "i": oversized,
+                "k": account,
+                "p": b"x" * 2_000_000,
+                "j": behind.message_id,
+                "q": behind.model_dump_json().encode(),
+            },
+        )
+    await stack.wait_count("licensing.events", 1, message_id=str(behind.message_id))
+    reply = await command(stack, m.PurchaseLicenses, account, product="user", quantity=1)  # same partition
 
     assert reply["type"] == "LicensesPurchased"
     assert await wait_until(
