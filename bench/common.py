@@ -32,6 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
+from shared.db import postgres_dsn
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_BOOTSTRAP = "127.0.0.1:29092"
 BENCH_PG_PORT = 55434
@@ -68,7 +70,7 @@ class Stack:
     def dsn(self, database: str) -> str:
         user = os.environ.get("BILLING_DATABASE_USER", "billing")
         password = os.environ.get("BILLING_DATABASE_PASSWORD", "billing")
-        return f"postgresql://{user}:{password}@{self.pg_host}:{self.pg_port}/{database}"
+        return postgres_dsn(user, password, self.pg_host, self.pg_port, database)
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +78,12 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--bootstrap", default=os.environ.get("BILLING_KAFKA_BOOTSTRAP_SERVERS", BENCH_BOOTSTRAP), help="Kafka"
     )
-    group.add_argument("--pg-host", default=os.environ.get("BILLING_DATABASE_HOST", "127.0.0.1"))
+    group.add_argument(
+        "--pg-host",
+        default=os.environ.get("BILLING_DATABASE_HOST", "auto"),
+        help="auto (default): the stack's Unix socket when PostgreSQL runs on this machine, else 127.0.0.1; "
+        "pass 127.0.0.1 to measure over TCP",
+    )
     group.add_argument("--pg-port", type=int, default=int(os.environ.get("BILLING_DATABASE_PORT", BENCH_PG_PORT)))
     group.add_argument(
         "--stack-dir",
@@ -100,10 +107,20 @@ def stack_from(args: argparse.Namespace) -> Stack:
             f"start the bench stack (docs/benchmarks.md) or pass --allow-default-stack"
         )
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(args.bootstrap, args.pg_host, args.pg_port, args.stack_dir, args.log_dir)
+    pg_host = args.pg_host if args.pg_host != "auto" else _local_socket_dir(args.stack_dir, args.pg_port)
+    stack = Stack(args.bootstrap, pg_host, args.pg_port, args.stack_dir, args.log_dir)
     # deploy.provision and deploy.client read the bootstrap from the environment.
     os.environ["BILLING_KAFKA_BOOTSTRAP_SERVERS"] = stack.bootstrap
     return stack
+
+
+def _local_socket_dir(stack_dir: Path, port: int) -> str:
+    """The directory of the stack's PostgreSQL socket for ``port``, or 127.0.0.1 when there is none."""
+    with contextlib.suppress(OSError):
+        data = Path((stack_dir / "postgres.path").read_text().strip()) / "data"
+        if (data / f".s.PGSQL.{port}").exists():
+            return str(data)
+    return "127.0.0.1"
 
 
 def run_prefix(tag: str) -> str:

@@ -388,6 +388,11 @@ port = ${PG_PORT}
 unix_socket_directories = '${PG_DATA}'
 max_connections = 200
 shared_buffers = 256MB
+# Write-heavy workers: checkpoints (and the full-page images after each) at most every 15 min
+# instead of every 1 GB of WAL, and those images compressed: less WAL for each commit to wait on.
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+wal_compression = lz4
 EOF
     [[ $EUID -eq 0 ]] && chown postgres:postgres "$PG_DATA/stack.conf"
     return 0

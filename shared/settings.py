@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import quote
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.db import postgres_dsn
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "billing"}
 
@@ -24,7 +25,7 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
 
-    database_host: str = "127.0.0.1"
+    database_host: str = "127.0.0.1"  # or the directory of PostgreSQL's Unix socket, e.g. /var/run/postgresql
     database_port: int = 55432
     database_user: str = "billing"
     database_password: SecretStr = SecretStr("billing")
@@ -48,10 +49,12 @@ class ServiceSettings(BaseSettings):
     @property
     def database_dsn(self) -> str:
         """libpq-style URL (asyncpg connects with it directly)."""
-        password = quote(self.database_password.get_secret_value(), safe="")
-        return (
-            f"postgresql://{quote(self.database_user, safe='')}:{password}@{self.database_host}:"
-            f"{self.database_port}/{self.database_name}"
+        return postgres_dsn(
+            self.database_user,
+            self.database_password.get_secret_value(),
+            self.database_host,
+            self.database_port,
+            self.database_name,
         )
 
     @property
