@@ -46,7 +46,9 @@ class Workers:
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "BILLING_LOG_FORMAT": "text", **env},
+            # Cycle close takes 2 accounts per transaction here, so every close in the tests
+            # goes through the continuations of its trigger.
+            env={**os.environ, "BILLING_LOG_FORMAT": "text", "BILLING_CLOSE_CHUNK_ACCOUNTS": "2", **env},
         )
         self.procs[name] = proc
         return proc

@@ -54,8 +54,9 @@ async def follow(settings: Settings, trigger_id: uuid.UUID, timeout_s: float) ->
     try:
         while True:
             async with engine.connect() as conn:
+                # Done with requesting once the chain's last chunk found no account left due.
                 processed = await conn.scalar(
-                    sa.text("select count(*) from inbox where message_id = :t"), {"t": trigger_id}
+                    sa.text("select count(*) from close_chunks where trigger_id = :t and finished"), {"t": trigger_id}
                 )
                 row = (
                     await conn.execute(

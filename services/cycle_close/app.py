@@ -13,7 +13,7 @@ from contracts.topics import (
     METERING_USAGE,
     PLATFORM_ACCOUNTS,
 )
-from services.cycle_close.handlers import registry
+from services.cycle_close.handlers import configure, registry
 from services.cycle_close.settings import Settings
 from shared.runtime.worker import Subscription, Worker, build_worker
 
@@ -22,6 +22,7 @@ SERVICE = "cycle-close"
 
 def create_worker(settings: Settings | None = None) -> Worker:
     settings = settings or Settings()
+    configure(close_chunk_accounts=settings.close_chunk_accounts)
     return build_worker(
         SERVICE,
         settings,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, time
 
 from contracts import messages as m
-from contracts.topics import BILLING_CHARGES, BILLING_CYCLES, BILLING_INVOICES
+from contracts.topics import BILLING_CHARGES, BILLING_COMMANDS, BILLING_CYCLES, BILLING_INVOICES
 from services.cycle_close import domain
 from services.cycle_close.storage import CloseStore
 from shared.cycles import Cycle, cycle_containing, cycles_ending_by, next_cycle
@@ -15,6 +15,14 @@ from shared.runtime import HandlerRegistry, Unit
 
 registry = HandlerRegistry()
 INVOICE_NAMESPACE = uuid.UUID("3b0e1c52-6a43-4c1e-9a57-1f1a8d0c5e11")
+_limits = {"close_chunk_accounts": 5000}
+
+
+def configure(close_chunk_accounts: int) -> None:
+    """From the worker's settings: accounts a trigger closes per transaction."""
+    if close_chunk_accounts < 1:
+        raise ValueError("close_chunk_accounts must be at least 1")
+    _limits["close_chunk_accounts"] = close_chunk_accounts
 
 
 def invoice_id_for(account_id: str, cycle: Cycle) -> uuid.UUID:
@@ -48,28 +56,41 @@ async def device_purchased(unit: Unit, event: m.DevicePurchased) -> None:
 
 @registry.on(m.CloseBillingCycles)
 async def close_cycles(unit: Unit, command: m.CloseBillingCycles) -> None:
-    """Ask every account with a cycle ending by ``as_of`` to seal it, oldest cycle first."""
+    """Ask every account with a cycle ending by ``as_of`` to seal it, oldest cycle first.
+
+    A chunk of accounts per transaction: when the chunk is full, the same command goes back to
+    ``billing.commands`` as a continuation (its id derived from this one, so a redelivery sends
+    the same continuation) and picks up the accounts still due. Every chunk's close requests
+    carry the id of the trigger that started the chain."""
     domain.authorize_close(command.actor.role)
     store = CloseStore(unit.session)
-    due = await store.accounts_due(command.as_of, command.account_ids)
+    trigger_id = await store.trigger_of(command.message_id)
+    chunk = _limits["close_chunk_accounts"]
+    due = await store.accounts_due(command.as_of, command.account_ids, limit=chunk)
     requests: list[tuple[str, Cycle]] = []
     advanced: list[tuple[str, Cycle]] = []
     for account in due:
         cycles = cycles_ending_by(account.billing_day, account.next_close, command.as_of)
         requests += [(account.account_id, cycle) for cycle in cycles]
         advanced.append((account.account_id, next_cycle(account.billing_day, cycles[-1])))
-    new = await store.request_closes(requests, command.message_id)
+    new = await store.request_closes(requests, trigger_id)
     await store.advance_accounts(advanced)
+    more = len(due) == chunk
+    if more:
+        continuation = command.model_copy(update={"message_id": uuid.uuid5(command.message_id, "continued")})
+        await store.record_chunk(continuation.message_id, trigger_id, finished=False)
+        unit.emit(BILLING_COMMANDS.name, continuation)
+    await store.record_chunk(command.message_id, trigger_id, finished=not more)
     for account_id, cycle in requests:
         if (account_id, cycle.start) not in new:
             continue
         unit.emit(
             BILLING_CYCLES.name,
             m.BillingCycleClosing(
-                message_id=uuid.uuid5(command.message_id, f"{account_id}:{cycle.start}"),
+                message_id=uuid.uuid5(trigger_id, f"{account_id}:{cycle.start}"),
                 account_id=account_id,
                 occurred_at=datetime.combine(cycle.end, time(0), UTC),
-                causation_id=command.message_id,
+                causation_id=trigger_id,
                 cycle_start=cycle.start,
                 cycle_end=cycle.end,
             ),

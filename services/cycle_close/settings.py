@@ -10,3 +10,6 @@ class Settings(ServiceSettings):
 
     database_name: str = "cycle_close"
     batch_max_records: int = 2000
+    # A trigger closes this many accounts per transaction, then hands the rest to a continuation
+    # of itself (billing.commands): seals and invoices start after the first chunk, not the last.
+    close_chunk_accounts: int = 5000

@@ -35,6 +35,14 @@ closes = sa.Table(
     sa.Column("usage_report", sa.LargeBinary, nullable=True),
     sa.Index("cycle_closes_by_trigger", "trigger_id"),
 )
+close_chunks = sa.Table(
+    "close_chunks",
+    metadata,
+    sa.Column("message_id", sa.Uuid, primary_key=True, comment="a trigger or one of its continuations"),
+    sa.Column("trigger_id", sa.Uuid, nullable=False, comment="the trigger that started the chain"),
+    sa.Column("finished", sa.Boolean, nullable=False, comment="processed, and no account was left due"),
+    sa.Index("close_chunks_by_trigger", "trigger_id"),
+)
 device_orders = sa.Table(
     "device_orders",
     metadata,
@@ -99,14 +107,31 @@ class CloseStore:
         )
         return bool(found)
 
-    async def accounts_due(self, as_of: date, account_ids: list[str] | None) -> list[BillingAccount]:
-        """Accounts with a cycle ending on or before ``as_of`` not yet asked to close, locked."""
+    async def trigger_of(self, message_id: uuid.UUID) -> uuid.UUID:
+        """The trigger a continuation belongs to; a trigger belongs to itself."""
+        found = await self.session.scalar(
+            sa.text("select trigger_id from close_chunks where message_id = :m"), {"m": message_id}
+        )
+        return found if found is not None else message_id
+
+    async def record_chunk(self, message_id: uuid.UUID, trigger_id: uuid.UUID, finished: bool) -> None:
+        await self.session.execute(
+            sa.text(
+                "insert into close_chunks values (:m, :t, :f) on conflict (message_id) do update set finished = :f"
+            ),
+            {"m": message_id, "t": trigger_id, "f": finished},
+        )
+
+    async def accounts_due(self, as_of: date, account_ids: list[str] | None, limit: int) -> list[BillingAccount]:
+        """Up to ``limit`` accounts with a cycle ending on or before ``as_of`` not yet asked to
+        close, locked (a concurrent trigger waits, then sees them advanced and skips them)."""
         query = "select account_id, billing_day, next_close_start, next_close_end from billing_accounts where next_close_end <= :d"
         params: dict[str, Any] = {"d": as_of}
         if account_ids is not None:
             query += " and account_id = any(:ids)"
             params["ids"] = account_ids
-        rows = await self.session.execute(sa.text(query + " order by account_id for update"), params)
+        params["n"] = limit
+        rows = await self.session.execute(sa.text(query + " order by account_id limit :n for update"), params)
         return [BillingAccount(r[0], r[1], Cycle(r[2], r[3])) for r in rows]
 
     async def request_closes(self, rows: list[tuple[str, Cycle]], trigger_id: uuid.UUID) -> set[tuple[str, date]]:

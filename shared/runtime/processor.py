@@ -65,7 +65,7 @@ class Unit:
         raw = self.received.get(message.message_id)
         return raw if raw is not None else message.model_dump_json().encode()
 
-    def emit(self, topic: str, event: Event) -> None:
+    def emit(self, topic: str, event: Event | Command) -> None:
         self.outbox.append((event.message_id, topic, event.account_id, event.model_dump_json().encode()))
 
     async def lock_account(self, account_id: str) -> None:

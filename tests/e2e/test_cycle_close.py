@@ -213,6 +213,28 @@ async def test_two_triggers_at_once_issue_one_invoice_per_account_and_cycle(stac
     assert len([i for i in stack.matching(INVOICES) if i["account_id"] in accounts]) == 5
 
 
+async def test_a_trigger_closes_its_accounts_chunk_by_chunk_all_under_its_own_id(stack: Bus, dbs) -> None:
+    # The test workers close 2 accounts per transaction (tests/conftest.py): 5 accounts take the
+    # trigger and two continuations of it.
+    accounts = [await open_account(stack) for _ in range(5)]
+    trigger = close_command(date(2026, 12, 1), accounts)
+    await stack.send("billing.commands", trigger)
+    for account in accounts:
+        await invoice(stack, account, "2026-11-01")
+
+    chunks = await rows(
+        dbs["cycle_close"], "select message_id, finished from close_chunks where trigger_id = :t", t=trigger.message_id
+    )
+    assert sorted(finished for _, finished in chunks) == [False, False, True]
+    assert trigger.message_id in {message_id for message_id, _ in chunks}
+    requested = await rows(
+        dbs["cycle_close"], "select distinct trigger_id from cycle_closes where account_id = any(:a)", a=accounts
+    )
+    assert requested == [(trigger.message_id,)]
+    closing = [e for e in stack.matching("billing.cycles", type="BillingCycleClosing") if e["account_id"] in accounts]
+    assert len(closing) == 5 and {e["causation_id"] for e in closing} == {str(trigger.message_id)}
+
+
 async def test_an_office_admin_cannot_trigger_a_close(stack: Bus, dbs) -> None:
     account = await open_account(stack)
     attempt = message(
