@@ -26,6 +26,18 @@ from tests.support import ADMIN, BOOTSTRAP, PG_PORT, Bus, message, new_account, 
 pytestmark = pytest.mark.stack
 
 
+def rejection(account: str, reason: str, command_type: str = "x") -> m.CommandRejected:
+    """An event to put in an outbox by hand."""
+    return m.CommandRejected(
+        message_id=uuid.uuid4(),
+        account_id=account,
+        occurred_at=datetime.now(UTC),
+        command_type=command_type,
+        reason_code="x",
+        reason=reason,
+    )
+
+
 async def test_an_opened_account_is_recorded_by_all_three_services(stack: Bus, dbs) -> None:
     account = new_account()
     await stack.send("platform.accounts", message(m.AccountOpened, account, date(2026, 11, 3), billing_day=3))
@@ -66,14 +78,7 @@ async def test_every_contract_message_round_trips_through_kafka_with_money_exact
 async def test_a_rolled_back_transaction_publishes_nothing(stack: Bus, dbs) -> None:
     registry = HandlerRegistry()
     account = new_account()
-    would_be = m.CommandRejected(
-        message_id=uuid.uuid4(),
-        account_id=account,
-        occurred_at=datetime.now(UTC),
-        command_type="x",
-        reason_code="x",
-        reason="emitted, then the handler failed",
-    )
+    would_be = rejection(account, "emitted, then the handler failed")
 
     @registry.on(m.PurchaseLicenses)
     async def failing(unit: Unit, cmd: m.PurchaseLicenses) -> None:
@@ -108,21 +113,11 @@ async def test_a_commit_that_writes_outbox_rows_wakes_the_relay_of_any_replica_a
     await listener.add_listener(OUTBOX_CHANNEL, lambda _c, _pid, channel, _p: heard.put_nowait(channel))
     sessions = make_sessions(dbs["license_orders"])
 
-    def rejection(reason: str) -> m.CommandRejected:
-        return m.CommandRejected(
-            message_id=uuid.uuid4(),
-            account_id=new_account(),
-            occurred_at=datetime.now(UTC),
-            command_type="x",
-            reason_code="x",
-            reason=reason,
-        )
-
     try:
         async with sessions() as session:
             transaction = await session.begin()
             unit = Unit(session)
-            unit.emit("licensing.events", rejection("rolled back"))
+            unit.emit("licensing.events", rejection(new_account(), "rolled back"))
             await unit.flush()
             await transaction.rollback()
         await asyncio.sleep(0.5)
@@ -130,7 +125,7 @@ async def test_a_commit_that_writes_outbox_rows_wakes_the_relay_of_any_replica_a
 
         async with sessions() as session, session.begin():
             unit = Unit(session)
-            unit.emit("licensing.events", rejection("committed"))
+            unit.emit("licensing.events", rejection(new_account(), "committed"))
             await unit.flush()
         assert await asyncio.wait_for(heard.get(), timeout=5) == OUTBOX_CHANNEL
     finally:
@@ -167,14 +162,7 @@ async def test_a_batch_handler_gets_each_message_as_it_arrived_for_keeping(dbs) 
 
 async def test_an_outbox_row_left_by_a_killed_process_is_published_once_after_restart(stack: Bus, dbs, workers) -> None:
     workers.stop("license_orders", signal.SIGKILL)
-    left_behind = m.CommandRejected(
-        message_id=uuid.uuid4(),
-        account_id=new_account(),
-        occurred_at=datetime.now(UTC),
-        command_type="PurchaseLicenses",
-        reason_code="test",
-        reason="committed just before the crash",
-    )
+    left_behind = rejection(new_account(), "committed just before the crash", "PurchaseLicenses")
     async with dbs["license_orders"].begin() as conn:
         await conn.execute(
             sa.text("insert into outbox (message_id, topic, key, payload) values (:i, 'licensing.events', :k, :p)"),
@@ -234,14 +222,7 @@ async def test_a_worker_killed_mid_stream_ends_with_every_command_applied_once(s
 async def test_an_event_the_broker_can_never_take_is_set_aside_and_does_not_block_the_relay(stack: Bus, dbs) -> None:
     oversized = uuid.uuid4()
     account = await open_account(stack)
-    behind = m.CommandRejected(
-        message_id=uuid.uuid4(),
-        account_id=account,
-        occurred_at=datetime.now(UTC),
-        command_type="x",
-        reason_code="x",
-        reason="written right after the oversized event, same partition",
-    )
+    behind = rejection(account, "written right after the oversized event, same partition")
     async with dbs["license_orders"].begin() as conn:  # one round: the oversized row, then a normal one
         await conn.execute(
             sa.text(
