@@ -73,7 +73,9 @@ class Envelope(ContractModel):
     @property
     def business_date(self) -> date:
         """The UTC calendar date the message happened on (cycles are UTC dates)."""
-        return self.occurred_at.astimezone(UTC).date()
+        at = self.occurred_at
+        offset = at.utcoffset()  # aware, so never None; half the cost of astimezone(UTC)
+        return (at - offset).date() if offset else at.date()
 
 
 class Command(Envelope):
@@ -102,6 +104,4 @@ def new_message_id() -> uuid.UUID:
 
 
 def utc(dt: datetime) -> datetime:
-    from datetime import UTC
-
     return dt.astimezone(UTC)

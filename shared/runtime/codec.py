@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -14,6 +16,26 @@ from contracts.topics import BY_NAME
 
 MAX_ERROR_CHARS = 2000
 MAX_DLQ_VALUE_BYTES = 256 * 1024
+
+
+class KafkaRecord(Protocol):
+    """What the runtime reads of a record: aiokafka's ``ConsumerRecord`` as fetched (no copy on
+    the hot path), or a ``Record`` built by hand."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +57,7 @@ class Unreadable(Exception):
     """The record is not JSON, or its envelope cannot be read: it belongs in the DLQ."""
 
 
-def read_envelope(record: Record) -> Envelope:
+def read_envelope(record: KafkaRecord) -> Envelope:
     if not record.value:
         raise Unreadable("empty record value")
     try:
@@ -48,7 +70,7 @@ def read_envelope(record: Record) -> Envelope:
         raise Unreadable(f"unreadable envelope: {describe(exc)}") from None
 
 
-def parse_model(record: Record, envelope: Envelope) -> Envelope | None:
+def parse_model(record: KafkaRecord, envelope: Envelope) -> Envelope | None:
     """The full contract model for this record, or None when the topic does not carry the type."""
     topic = BY_NAME.get(record.topic)
     model = topic.model_for(envelope.type) if topic else None
@@ -66,7 +88,7 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)[:MAX_ERROR_CHARS]
 
 
-def dead_letter_payload(record: Record, error: str, consumer: str = "") -> bytes:
+def dead_letter_payload(record: KafkaRecord, error: str, consumer: str = "") -> bytes:
     """What goes to ``<topic>.dlq``: the original bytes, where they came from, the error, when, and
     which consumer group gave up on it (a topic read by three services may get three records).
 

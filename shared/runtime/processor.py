@@ -30,7 +30,7 @@ from contracts.envelope import Command, Envelope, Event
 from contracts.messages import CommandRejected
 from contracts.topics import BY_NAME
 from shared.rejections import Rejected
-from shared.runtime.codec import Record, Unreadable, dead_letter_payload, describe, parse_model, read_envelope
+from shared.runtime.codec import KafkaRecord, Unreadable, dead_letter_payload, describe, parse_model, read_envelope
 from shared.runtime.tables import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class BatchProcessor:
         self.max_backoff_s = max_backoff_s
         self.crash_points = crash_points or CrashPoints()
 
-    async def process(self, records: Sequence[Record]) -> None:
+    async def process(self, records: Sequence[KafkaRecord]) -> None:
         """Process a batch until its effect is committed; returns only then (or raises on cancel)."""
         backoff = 0.05
         while True:
@@ -252,7 +252,7 @@ class BatchProcessor:
                 await self._dead_letter_alone(records[0], f"processing failed: {exc!r}")
                 return
 
-    async def _dead_letter_alone(self, record: Record, error: str) -> None:
+    async def _dead_letter_alone(self, record: KafkaRecord, error: str) -> None:
         backoff = 0.05
         while True:
             try:
@@ -268,9 +268,9 @@ class BatchProcessor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
-    async def _process_once(self, records: Sequence[Record]) -> None:
-        dead: list[tuple[Record, str]] = []
-        readable: list[tuple[Record, Envelope, Envelope | None]] = []
+    async def _process_once(self, records: Sequence[KafkaRecord]) -> None:
+        dead: list[tuple[KafkaRecord, str]] = []
+        readable: list[tuple[KafkaRecord, Envelope, Envelope | None]] = []
         for record in records:
             parsed = _parse_fast(record)
             if parsed is not None:
@@ -323,7 +323,9 @@ class BatchProcessor:
         if unit.outbox:
             self.on_commit()
 
-    def _parse(self, unit: Unit, record: Record, envelope: Envelope, dead: list[tuple[Record, str]]) -> Envelope | None:
+    def _parse(
+        self, unit: Unit, record: KafkaRecord, envelope: Envelope, dead: list[tuple[KafkaRecord, str]]
+    ) -> Envelope | None:
         try:
             message = parse_model(record, envelope)
         except ValidationError as exc:
@@ -336,7 +338,13 @@ class BatchProcessor:
         return message
 
     def _reject(
-        self, unit: Unit, record: Record, message: Envelope, code: str, reason: str, dead: list[tuple[Record, str]]
+        self,
+        unit: Unit,
+        record: KafkaRecord,
+        message: Envelope,
+        code: str,
+        reason: str,
+        dead: list[tuple[KafkaRecord, str]],
     ) -> None:
         topic = BY_NAME.get(record.topic)
         if topic is None or topic.rejections_to is None:
@@ -355,7 +363,7 @@ class BatchProcessor:
             ),
         )
 
-    async def _write_dead_letters(self, unit: Unit, dead: list[tuple[Record, str]]) -> None:
+    async def _write_dead_letters(self, unit: Unit, dead: list[tuple[KafkaRecord, str]]) -> None:
         for record, error in dead:
             log.warning("dead letter", extra=_context(record) | {"error": error})
             payload = dead_letter_payload(record, error, self.service)
@@ -369,7 +377,7 @@ class BatchProcessor:
                         "t": record.topic,
                         "p": record.partition,
                         "o": record.offset,
-                        "ts": record.timestamp,
+                        "ts": record.timestamp or 0,
                         "e": error,
                         "v": record.value or b"",
                     },
@@ -380,7 +388,7 @@ class BatchProcessor:
                 unit.outbox.append((uuid.uuid4(), f"{record.topic}.dlq", key, payload))
 
 
-def _parse_fast(record: Record) -> Envelope | None:
+def _parse_fast(record: KafkaRecord) -> Envelope | None:
     """One parse instead of two on a topic that carries a single message type (the hot path of
     ``usage.calls``); None sends the record down the careful path (envelope first, then content)."""
     topic = BY_NAME.get(record.topic)
@@ -392,7 +400,7 @@ def _parse_fast(record: Record) -> Envelope | None:
         return None
 
 
-async def _claim(session: AsyncSession, readable: list[tuple[Record, Envelope]]) -> set[uuid.UUID]:
+async def _claim(session: AsyncSession, readable: list[tuple[KafkaRecord, Envelope]]) -> set[uuid.UUID]:
     """Insert the batch's message ids into the inbox; return those that were not there yet."""
     if not readable:
         return set()
@@ -407,7 +415,7 @@ async def _claim(session: AsyncSession, readable: list[tuple[Record, Envelope]])
     return {row[0] for row in rows}
 
 
-def _context(record: Record) -> dict[str, Any]:
+def _context(record: KafkaRecord) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 

@@ -22,7 +22,6 @@ from faststream.specification import AsyncAPI
 from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
 from shared.logs import configure_logging
-from shared.runtime.codec import Record
 from shared.runtime.offsets import OffsetCommitter, rewind
 from shared.runtime.processor import BatchProcessor, CrashPoints, HandlerRegistry
 from shared.runtime.relay import OutboxRelay
@@ -69,12 +68,7 @@ def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
         raw = message.raw_message
         records = raw if isinstance(raw, tuple) else (raw,)
         try:
-            await processor.process(
-                [
-                    Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp or 0)
-                    for r in records
-                ]
-            )
+            await processor.process(records)  # aiokafka's records as they are: no copy per record
         except BaseException:
             rewind(message.consumer, records)  # fetched again, never passed over by a later commit
             raise

@@ -206,3 +206,21 @@ def test_the_committed_asyncapi_document_matches_the_contract_models() -> None:
     assert committed == json.loads(json.dumps(document())), (
         "run: python -m contracts.asyncapi > docs/asyncapi/contract.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "day"),
+    [
+        ("2026-11-30T23:30:00-05:00", date(2026, 12, 1)),  # already December in UTC
+        ("2026-12-01T05:00:00+09:00", date(2026, 11, 30)),  # still November in UTC
+        ("2026-12-01T00:00:00+00:00", date(2026, 12, 1)),
+        ("2026-11-30T23:59:59.999999Z", date(2026, 11, 30)),
+    ],
+)
+def test_the_business_date_is_the_utc_date_whatever_the_offset(occurred_at: str, day: date) -> None:
+    call = m.CallCharged.model_validate_json(
+        f'{{"message_id": "{uuid.uuid4()}", "type": "CallCharged", "account_id": "a-1", '
+        f'"occurred_at": "{occurred_at}", "call_id": "c-1", "cost": "1.00"}}'
+    )
+
+    assert call.business_date == day
