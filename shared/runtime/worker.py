@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,27 @@ def _security(settings: ServiceSettings) -> BaseSecurity | None:
     return kinds[settings.kafka_sasl_mechanism](
         username=settings.kafka_sasl_username or "", password=password, ssl_context=ssl_context
     )
+
+
+_collection_started = [0.0]
+LONG_COLLECTION_S = 0.02
+
+
+def _log_long_collections(phase: str, info: dict[str, int]) -> None:
+    """A cyclic-GC pass stops the whole worker: say so when one takes long (a latency spike)."""
+    if phase == "start":
+        _collection_started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _collection_started[0]
+    if took >= LONG_COLLECTION_S:
+        log.warning(
+            "long garbage collection",
+            extra={
+                "generation": info.get("generation"),
+                "ms": round(took * 1000, 1),
+                "collected": info.get("collected"),
+            },
+        )
 
 
 def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
@@ -167,6 +189,7 @@ def build_worker(
         # What exists now (modules, the app, pools) lives as long as the process: keep the cyclic
         # garbage collector from walking it again and again under load.
         gc.freeze()
+        gc.callbacks.append(_log_long_collections)
         log.info("worker started", extra={"service": service})
 
     @app.on_shutdown
