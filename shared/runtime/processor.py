@@ -214,14 +214,12 @@ class BatchProcessor:
         service: str,
         sessions: async_sessionmaker[AsyncSession],
         registry: HandlerRegistry,
-        on_commit: Callable[[], None] = lambda: None,
         max_backoff_s: float = 5.0,
         crash_points: CrashPoints | None = None,
     ) -> None:
         self.service = service
         self.sessions = sessions
         self.registry = registry
-        self.on_commit = on_commit
         self.max_backoff_s = max_backoff_s
         self.crash_points = crash_points or CrashPoints()
 
@@ -260,7 +258,6 @@ class BatchProcessor:
                     unit = Unit(session)
                     await self._write_dead_letters(unit, [(record, error)])
                     await unit.flush()
-                self.on_commit()
                 return
             except Exception as exc:
                 if not is_transient(exc):
@@ -320,8 +317,6 @@ class BatchProcessor:
             self.crash_points.batches += 1
             self.crash_points.check("before_commit")
         self.crash_points.check("after_commit")
-        if unit.outbox:
-            self.on_commit()
 
     def _parse(
         self, unit: Unit, record: KafkaRecord, envelope: Envelope, dead: list[tuple[KafkaRecord, str]]

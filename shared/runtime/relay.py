@@ -61,10 +61,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def _notified(self, *_notification: object) -> None:
+        """A commit with outbox rows, in this process or another replica (``NOTIFY outbox``)."""
         self._wake.set()
 
     async def start(self) -> None:
@@ -125,7 +123,7 @@ class OutboxRelay:
                 if await db.fetchval("select pg_try_advisory_lock($1)", self.lock_key):
                     break
                 await asyncio.sleep(STANDBY_POLL_S)  # another replica relays
-            # Commits in any replica notify the channel; commits in this process also call wake().
+            # Commits in every replica, this one included, notify the channel: the one wake-up.
             await db.add_listener(OUTBOX_CHANNEL, self._notified)
             log.info("outbox relay leading", extra={"service": self.service})
             published: list[int] = []  # acknowledged by the broker, deleted by the next round

@@ -140,7 +140,6 @@ def build_worker(
         service,
         sessions,
         registry,
-        on_commit=relay.wake,
         crash_points=CrashPoints(settings.fault_crash_before_commit, settings.fault_crash_after_commit),
     )
 
