@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from alembic import command
@@ -33,6 +36,51 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 
 def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under ``session``'s transaction, with ``BEGIN`` already sent.
+
+    The per-message hot paths (inbox, outbox, a license command, a batch of calls) run their
+    statements on it: SQLAlchemy's handling of a statement costs about as much client CPU as
+    asyncpg's round trip itself. The session still owns the transaction (commit, rollback).
+    SQLAlchemy sends ``BEGIN`` lazily, with its first statement; a statement sent here before
+    that would run in autocommit, so the transaction is started first when it is not yet.
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    if getattr(adapted, "_transaction", None) is None:
+        await adapted._start_transaction()
+    return raw.driver_connection
+
+
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+@functools.lru_cache(maxsize=512)
+def positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``... :name ...`` -> ``... $1 ...`` and the names in order: named parameters for asyncpg."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
+
+
+async def execute(driver: Any, sql: str, params: dict[str, Any]) -> str:
+    text_, names = positional(sql)
+    result: str = await driver.execute(text_, *(params[n] for n in names))
+    return result
+
+
+async def fetchrow(driver: Any, sql: str, params: dict[str, Any]) -> Any:
+    text_, names = positional(sql)
+    return await driver.fetchrow(text_, *(params[n] for n in names))
 
 
 async def wait_for_database(engine: AsyncEngine, timeout_s: float = 60.0) -> None:

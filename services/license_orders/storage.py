@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.license_orders.domain import Balance, PurchaseQuote
 from shared.cycles import Cycle
+from shared.db import driver_connection, execute, fetchrow
 
 metadata = sa.MetaData()
 
@@ -121,8 +122,7 @@ class CommandState:
     held: bool
 
 
-COMMAND_STATE = sa.text(
-    """
+COMMAND_STATE = """
     select a.billing_day, a.open_cycle_start, a.open_cycle_end,
            coalesce(b.purchased, 0), coalesce(b.assigned, 0), coalesce(b.scheduled_for_removal, 0),
            coalesce((select unit_price from account_prices where account_id = a.account_id and product = :p),
@@ -137,12 +137,19 @@ COMMAND_STATE = sa.text(
     where a.account_id = :a
     for share of a
     """
-)
 
 
 class LicenseStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self._driver: Any = None
+
+    async def _db(self) -> Any:
+        """The asyncpg connection in the session's transaction: a command's statements go there
+        (about half the client CPU of the same statement through the session)."""
+        if self._driver is None:
+            self._driver = await driver_connection(self.session)
+        return self._driver
 
     async def open_account(self, account_id: str, billing_day: int, first_cycle: Cycle) -> bool:
         from sqlalchemy.dialects.postgresql import insert
@@ -165,9 +172,9 @@ class LicenseStore:
     ) -> CommandState | None:
         """The account (shared lock), its balance of ``product`` (exclusive lock), the price, the
         removals still pending on ``day`` and whether ``assignee_id`` holds a license."""
-        row = (
-            await self.session.execute(COMMAND_STATE, {"a": account_id, "p": product, "d": day, "who": assignee_id})
-        ).first()
+        row = await fetchrow(
+            await self._db(), COMMAND_STATE, {"a": account_id, "p": product, "d": day, "who": assignee_id}
+        )
         if row is None:
             return None
         account = Account(account_id, row[0], Cycle(row[1], row[2]))
@@ -209,14 +216,13 @@ class LicenseStore:
         self, account_id: str, product: str, balance: Balance, statement: str, **params: Any
     ) -> None:
         """Upsert the balance and run one more write in the same statement (one round trip)."""
-        await self.session.execute(
-            sa.text(
-                f"with other as ({statement}) "
-                "insert into balances (account_id, product, purchased, assigned, scheduled_for_removal) "
-                "values (:account_id, :product, :purchased, :assigned, :scheduled) "
-                "on conflict (account_id, product) do update set purchased = excluded.purchased, "
-                "assigned = excluded.assigned, scheduled_for_removal = excluded.scheduled_for_removal"
-            ),
+        await execute(
+            await self._db(),
+            f"with other as ({statement}) "
+            "insert into balances (account_id, product, purchased, assigned, scheduled_for_removal) "
+            "values (:account_id, :product, :purchased, :assigned, :scheduled) "
+            "on conflict (account_id, product) do update set purchased = excluded.purchased, "
+            "assigned = excluded.assigned, scheduled_for_removal = excluded.scheduled_for_removal",
             {
                 "account_id": account_id,
                 "product": product,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.usage_metering.domain import THRESHOLDS, Meter
 from shared.cycles import Cycle
+from shared.db import driver_connection
 from shared.runtime import ConcurrentUpdate
 
 metadata = sa.MetaData()
@@ -110,8 +111,7 @@ class MeterStore:
     async def _driver(self) -> Any:
         """The asyncpg connection under this session's transaction. The calls path uses it
         directly: SQLAlchemy's per-row and per-parameter work costs microseconds a row."""
-        connection = await self.session.connection()
-        return (await connection.get_raw_connection()).driver_connection
+        return await driver_connection(self.session)
 
     async def share_metering(self) -> None:
         await self.session.execute(sa.text("select pg_advisory_xact_lock_shared(:k)"), {"k": METERING_LOCK})

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,11 +30,22 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import Command, Envelope, Event
 from contracts.messages import CommandRejected
 from contracts.topics import BY_NAME
+from shared.db import driver_connection
 from shared.rejections import Rejected
 from shared.runtime.codec import KafkaRecord, Unreadable, dead_letter_payload, describe, parse_model, read_envelope
 from shared.runtime.tables import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
+
+WRITE_OUTBOX = (
+    "with written as (insert into outbox (message_id, topic, key, payload) "
+    "select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[]) on conflict (message_id) do nothing) "
+    f"select pg_notify('{OUTBOX_CHANNEL}', '')"
+)
+CLAIM_INBOX = (
+    "insert into inbox (message_id, topic) select * from unnest($1::uuid[], $2::text[]) "
+    "on conflict do nothing returning message_id"
+)
 
 M = TypeVar("M", bound=Envelope)
 Handler = Callable[["Unit", Any], Awaitable[None]]
@@ -59,6 +71,13 @@ class Unit:
     session: AsyncSession
     outbox: list[tuple[uuid.UUID, str, str, bytes]] = field(default_factory=list)
     received: dict[uuid.UUID, bytes | None] = field(default_factory=dict)
+    _driver: Any = None
+
+    async def db(self) -> Any:
+        """The asyncpg connection in this unit's transaction, for the hot statements."""
+        if self._driver is None:
+            self._driver = await driver_connection(self.session)
+        return self._driver
 
     def payload_of(self, message: Envelope) -> bytes:
         """The JSON a batch handler's message arrived as (no second dump to keep it as received)."""
@@ -99,15 +118,7 @@ class Unit:
         ids, topics, keys, payloads = zip(*self.outbox, strict=True)
         # The notification is delivered at commit, to the relay leader of this service (whichever
         # replica it runs in): rows wait for no poll. Same statement, so no extra round trip.
-        await self.session.execute(
-            sa.text(
-                "with written as (insert into outbox (message_id, topic, key, payload) "
-                "select * from unnest(cast(:ids as uuid[]), cast(:topics as text[]), "
-                "cast(:keys as text[]), cast(:payloads as bytea[])) on conflict (message_id) do nothing) "
-                f"select pg_notify('{OUTBOX_CHANNEL}', '')"
-            ),
-            {"ids": list(ids), "topics": list(topics), "keys": list(keys), "payloads": list(payloads)},
-        )
+        await (await self.db()).execute(WRITE_OUTBOX, list(ids), list(topics), list(keys), list(payloads))
 
 
 class HandlerRegistry:
@@ -188,6 +199,10 @@ def is_transient(exc: BaseException) -> bool:
             return True
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", "")
         return str(sqlstate).startswith(("08", "40", "53", "57P"))
+    if isinstance(exc, asyncpg.PostgresError):  # from a statement sent on the driver connection
+        return str(exc.sqlstate or "").startswith(("08", "40", "53", "57P"))
+    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        return True
     return isinstance(exc, OSError | ConnectionError | TimeoutError | sa.exc.TimeoutError)
 
 
@@ -287,7 +302,7 @@ class BatchProcessor:
         async with self.sessions() as session, session.begin():
             unit = Unit(session)
             self_deduplicating = self.registry.deduplicated_by_handler
-            new_ids = await _claim(session, [(r, e) for r, e, _ in readable if e.type not in self_deduplicating])
+            new_ids = await _claim(unit, [(r, e) for r, e, _ in readable if e.type not in self_deduplicating])
             new_ids |= {e.message_id for _, e, _ in readable if e.type in self_deduplicating}
             batched: dict[str, list[Envelope]] = {}
             for record, envelope, parsed in readable:
@@ -395,17 +410,12 @@ def _parse_fast(record: KafkaRecord) -> Envelope | None:
         return None
 
 
-async def _claim(session: AsyncSession, readable: list[tuple[KafkaRecord, Envelope]]) -> set[uuid.UUID]:
+async def _claim(unit: Unit, readable: list[tuple[KafkaRecord, Envelope]]) -> set[uuid.UUID]:
     """Insert the batch's message ids into the inbox; return those that were not there yet."""
     if not readable:
         return set()
-    rows = await session.execute(
-        sa.text(
-            "insert into inbox (message_id, topic) "
-            "select * from unnest(cast(:ids as uuid[]), cast(:topics as text[])) "
-            "on conflict do nothing returning message_id"
-        ),
-        {"ids": [e.message_id for _, e in readable], "topics": [r.topic for r, _ in readable]},
+    rows = await (await unit.db()).fetch(
+        CLAIM_INBOX, [e.message_id for _, e in readable], [r.topic for r, _ in readable]
     )
     return {row[0] for row in rows}
 

@@ -132,6 +132,28 @@ async def test_a_commit_that_writes_outbox_rows_wakes_the_relay_of_any_replica_a
         await listener.close()
 
 
+async def test_statements_on_the_driver_connection_belong_to_the_units_transaction(dbs) -> None:
+    """The hot paths write through asyncpg directly, even as a transaction's first statement:
+    those writes must commit and roll back with the session's transaction, never on their own."""
+    sessions = make_sessions(dbs["license_orders"])
+    kept, dropped = new_account(), new_account()
+
+    async def open_first_thing(account: str) -> None:
+        raw = await Unit(session).db()
+        await raw.execute("insert into accounts values ($1, 1, '2026-11-01', '2026-12-01')", account)
+
+    async with sessions() as session:
+        transaction = await session.begin()
+        await open_first_thing(dropped)
+        await transaction.rollback()
+    async with sessions() as session, session.begin():
+        await open_first_thing(kept)
+
+    count = "select count(*) from accounts where account_id = :a"
+    assert await scalar(dbs["license_orders"], count, a=dropped) == 0
+    assert await scalar(dbs["license_orders"], count, a=kept) == 1
+
+
 async def test_a_batch_handler_gets_each_message_as_it_arrived_for_keeping(dbs) -> None:
     registry = HandlerRegistry()
     kept: list[bytes] = []
