@@ -39,6 +39,8 @@ class ServiceSettings(BaseSettings):
     fetch_max_wait_ms: int = 100
     # Kafka consumers (of one group) per subscription in this process; they share its partitions.
     consumers_per_subscription: int = 1
+    # Offsets are committed after the batch's transaction, at most this often (0: after every batch).
+    offset_commit_interval_ms: int = 100
     relay_batch_size: int = 2000
     relay_poll_interval_s: float = 0.05
     fault_crash_before_commit: int = 0

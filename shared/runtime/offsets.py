@@ -9,7 +9,10 @@ are handed to an ``OffsetCommitter`` once its transaction has committed, and the
 - offsets are only ever those of batches whose transaction committed, so nothing is committed
   past an unprocessed record (at-least-once);
 - a commit that fails (a rebalance, the broker away) is logged and dropped: those records come
-  again and the inbox deduplicates them, as it does after any crash between the two commits.
+  again and the inbox deduplicates them, as it does after any crash between the two commits;
+- after a commit the next one waits ``min_interval_s`` (``BILLING_OFFSET_COMMIT_INTERVAL_MS``):
+  at a few hundred small batches a second, a commit per batch was a third of the broker's
+  requests. A crash then redelivers at most that much more, and the inbox deduplicates it.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class OffsetCommitter:
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, min_interval_s: float = 0.0) -> None:
         self.service = service
+        self.min_interval_s = min_interval_s
         self.consumer: Any = None
         self._pending: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -56,6 +60,8 @@ class OffsetCommitter:
                 raise
             except Exception as exc:  # redelivery is harmless: the inbox deduplicates
                 log.warning("offset commit failed", extra={"service": self.service, "error": repr(exc)})
+            if self.min_interval_s > 0:
+                await asyncio.sleep(self.min_interval_s)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for the commit in flight and the pending one (on shutdown)."""

@@ -148,7 +148,7 @@ def build_worker(
         # Several consumers of one group in one process share the partitions: while one waits for
         # PostgreSQL, another processes its batch (each partition still has one consumer, in order).
         for index in range(settings.consumers_per_subscription):
-            committer = OffsetCommitter(service)
+            committer = OffsetCommitter(service, settings.offset_commit_interval_ms / 1000)
             committers.append(committer)
             subscriber = broker.subscriber(
                 *subscription.topics,

@@ -84,6 +84,20 @@ async def test_partitions_revoked_meanwhile_are_left_to_their_new_owner() -> Non
     assert consumer.commits == [{A0: 5}]
 
 
+async def test_with_an_interval_the_batches_after_a_commit_wait_and_go_in_one_commit() -> None:
+    consumer = FakeConsumer({A0, A1})
+    committer = OffsetCommitter("test", min_interval_s=0.05)
+    committer.processed(consumer, [Rec("a", 0, 1)])
+    await asyncio.sleep(0.01)
+    assert consumer.commits == [{A0: 2}]  # the first goes at once
+    committer.processed(consumer, [Rec("a", 0, 2)])
+    committer.processed(consumer, [Rec("a", 1, 9)])
+    await asyncio.sleep(0.01)
+    assert consumer.commits == [{A0: 2}]  # still inside the interval
+    await committer.drain()
+    assert consumer.commits == [{A0: 2}, {A0: 3, A1: 10}]
+
+
 def test_rewind_seeks_each_partition_back_to_the_batch_start() -> None:
     consumer = FakeConsumer({A0, A1})
     rewind(consumer, [Rec("a", 0, 7), Rec("a", 1, 3), Rec("a", 0, 5), Rec("b", 0, 1)])
