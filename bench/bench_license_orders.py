@@ -36,6 +36,7 @@ from bench.common import (
     SERVICE_GROUPS,
     SERVICE_INPUTS,
     Admin,
+    CommitProbe,
     CpuSampler,
     KeyPartitioner,
     Reader,
@@ -351,12 +352,15 @@ async def main() -> int:
         results.watch_commands = True
         latency_producer = producer(stack, linger_ms=5)
         await latency_producer.start()
+        probe = CommitProbe(stack, "license_orders")
+        await probe.start()
         try:
             with sampler.phase("open loop") as cpu_open:
                 sent = await open_loop(latency_producer, items, clock)
                 open_ids = list(intended)
                 await wait_for(lambda: results.have_all(open_ids), 60.0, "the open loop's results")
         finally:
+            await probe.stop()
             await latency_producer.stop()
         latencies = [results.arrived[i] - (clock[0] + at) for i, at in intended.items()]
         by_type: dict[str, list[float]] = {}
@@ -382,6 +386,7 @@ async def main() -> int:
         last_hop = [results.arrived[i] - (results.created_ms[i] / 1000 - wall_minus_clock) for i in intended]
         say(f"     of which intended send -> relay sends the result: {latency_line(relayed)}")
         say(f"     and relay sends -> result arrival: {latency_line(last_hop)}")
+        say(f"   disk: a one-record commit (a WAL flush) every 0.1 s took {probe.summary()}")
         windows: dict[int, list[float]] = {}
         for message_id, offset_s in intended.items():
             windows.setdefault(int(offset_s // 2), []).append(results.arrived[message_id] - (clock[0] + offset_s))

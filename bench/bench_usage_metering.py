@@ -34,6 +34,7 @@ from bench.common import (
     SERVICE_GROUPS,
     Admin,
     BacklogMonitor,
+    CommitProbe,
     CpuSampler,
     KeyPartitioner,
     Reader,
@@ -484,10 +485,13 @@ async def alert_latency(
             async with Admin(stack) as admin:
                 backlog = BacklogMonitor(admin, GROUP, [CALLS])
                 backlog.start()
+                probe = CommitProbe(stack, "usage_metering")
+                await probe.start()
                 with sampler.phase("(d) open-loop calls"):
                     sent = await open_loop(latency_producer, items, start_box, batch_every=GENERATOR_LINGER_S)
                     sent_done = now()
                     await wait_for(lambda: len(latencies) >= armed, 60.0, "(d) the crossing alerts", interval=0.05)
+                await probe.stop()
                 await backlog.stop()
                 ends_after = await admin.ends([CALLS])
 
@@ -511,6 +515,7 @@ async def alert_latency(
     say(f"   worker committed the last call {drained:.2f} s after the last send")
     say(f"   transport floor (crossing call intended send -> a bare consumer has it): {latency_line(transport)}")
     say(f"   alert latency (crossing call intended send -> alert arrival): {latency_line(latencies)}")
+    say(f"   disk: a one-record commit (a WAL flush) every 0.1 s took {probe.summary()}")
     say(f"   alerts by threshold: {dict(sorted(by_threshold.items()))} of {armed} crossings")
     return {
         "p99_ms": p99_ms(latencies),

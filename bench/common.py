@@ -805,6 +805,45 @@ async def _open_loop_batched(
         await asyncio.sleep(every)
 
 
+class CommitProbe:
+    """How long PostgreSQL takes to make a tiny transaction durable, every ``every`` seconds.
+
+    The probe's transaction writes one WAL record (a transactional logical message, no table),
+    so its commit waits for a WAL flush exactly like a service's commit. A latency spike that
+    comes with a slow probe is the disk's (every commit waited for it), not the service's.
+    """
+
+    def __init__(self, stack: Stack, database: str, every: float = 0.1) -> None:
+        self.stack = stack
+        self.database = database
+        self.every = every
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.samples.clear()
+        self.conn = await connect(self.stack, self.database)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            started = now()
+            async with self.conn.transaction():
+                await self.conn.execute("select pg_logical_emit_message(true, 'bench-commit-probe', '')")
+            self.samples.append(now() - started)
+            await asyncio.sleep(self.every)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.conn.close()
+
+    def summary(self, slow_s: float = 0.05) -> str:
+        slow = sum(1 for s in self.samples if s >= slow_s)
+        return f"{latency_line(self.samples)}; {slow} took {1000 * slow_s:.0f} ms or more"
+
+
 # ----------------------------------------------------------------------------------------- PostgreSQL
 
 
