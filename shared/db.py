@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -31,7 +31,20 @@ def postgres_dsn(user: str, password: str, host: str, port: int, database: str) 
 def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     # No pre-ping: it costs a round trip per transaction, and the processor and the relay
     # already retry a batch whose connection turned out to be dead.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=10)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=10)
+    event.listen(engine.sync_engine.pool, "checkout", _no_closed_connections)
+    return engine
+
+
+def _no_closed_connections(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection whose socket PostgreSQL closed (a restart) is replaced at checkout.
+
+    SQLAlchemy invalidates a connection when its own statements fail, but not when a statement
+    sent on the driver connection (``driver_connection``) fails; asyncpg knows without a round
+    trip, and the pool retries the checkout with a fresh connection.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise exc.DisconnectionError("the server closed this connection")
 
 
 def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

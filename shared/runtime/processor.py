@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 WRITE_OUTBOX = (
     "with written as (insert into outbox (message_id, topic, key, payload) "
-    "select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[]) on conflict (message_id) do nothing) "
+    "select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])) "
     f"select pg_notify('{OUTBOX_CHANNEL}', '')"
 )
 CLAIM_INBOX = (
@@ -190,20 +190,42 @@ def one_per_account(messages: Sequence[A]) -> list[list[A]]:
     return rounds
 
 
+TRANSIENT_SQLSTATES = ("08", "40", "53", "57P")  # connection, rollback (serialization, deadlock), resources, shutdown
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Failures that go away by themselves: retry the same batch rather than dead-letter it."""
-    if isinstance(exc, ConcurrentUpdate):
+    """Failures that go away by themselves: retry the same batch rather than dead-letter it.
+
+    The error may come wrapped (SQLAlchemy's ``DBAPIError`` around its adapted DBAPI error around
+    asyncpg's), or bare from a statement sent on the driver connection: each link of the chain
+    is looked at until one decides.
+    """
+    error: BaseException | None = exc
+    for _ in range(5):
+        if error is None:
+            return False
+        verdict = _transient(error)
+        if verdict is not None:
+            return verdict
+        error = getattr(error, "orig", None) or error.__cause__
+    return False
+
+
+def _transient(error: BaseException) -> bool | None:
+    """True or False when this error decides; None to look at what it wraps."""
+    if isinstance(error, ConcurrentUpdate):
         return True
-    if isinstance(exc, sa.exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError | sa.exc.OperationalError):
+    if isinstance(error, sa.exc.DBAPIError):
+        if error.connection_invalidated or isinstance(error, sa.exc.InterfaceError | sa.exc.OperationalError):
             return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", "")
-        return str(sqlstate).startswith(("08", "40", "53", "57P"))
-    if isinstance(exc, asyncpg.PostgresError):  # from a statement sent on the driver connection
-        return str(exc.sqlstate or "").startswith(("08", "40", "53", "57P"))
-    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        return None
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error.sqlstate or "").startswith(TRANSIENT_SQLSTATES)
+    if isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error):
         return True
-    return isinstance(exc, OSError | ConnectionError | TimeoutError | sa.exc.TimeoutError)
+    if isinstance(error, OSError | ConnectionError | TimeoutError | sa.exc.TimeoutError):
+        return True
+    return None
 
 
 @dataclass

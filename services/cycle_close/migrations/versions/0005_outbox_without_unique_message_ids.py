@@ -1,0 +1,20 @@
+"""Cycle close: no unique index on the outbox's message ids.
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+from alembic import op
+
+from shared.runtime.tables import outbox_without_unique_message_ids
+
+revision = "0005"
+down_revision = "0004"
+
+
+def upgrade() -> None:
+    outbox_without_unique_message_ids(op)
+
+
+def downgrade() -> None:
+    op.execute("alter table outbox add constraint outbox_message_id_key unique (message_id)")
