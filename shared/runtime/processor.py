@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import Command, Envelope, Event
@@ -305,6 +305,10 @@ class BatchProcessor:
     async def _process_once(self, records: Sequence[KafkaRecord]) -> None:
         dead: list[tuple[KafkaRecord, str]] = []
         readable: list[tuple[KafkaRecord, Envelope, Envelope | None]] = []
+        whole = _parse_all(records)
+        if whole is not None:
+            readable = [(record, message, message) for record, message in zip(records, whole, strict=True)]
+            records = ()  # every record is read
         for record in records:
             parsed = _parse_fast(record)
             if parsed is not None:
@@ -418,6 +422,35 @@ class BatchProcessor:
             if inserted is not None:  # a redelivered poison message gives one DLQ record
                 key = record.key.decode("utf-8", "replace") if record.key else ""
                 unit.outbox.append((uuid.uuid4(), f"{record.topic}.dlq", key, payload))
+
+
+_LIST_OF: dict[type[Envelope], TypeAdapter[list[Any]]] = {}
+
+
+def _parse_all(records: Sequence[KafkaRecord]) -> list[Envelope] | None:
+    """A whole batch of one single-type topic (``usage.calls``) in one parse: the records' JSON
+    joined into one array, about half the cost of a parse per record. None when the batch mixes
+    topics or any record does not parse: then each record goes its own way (and a bad one to
+    the DLQ) as before."""
+    if len(records) < 2:
+        return None
+    topic = BY_NAME.get(records[0].topic)
+    if topic is None or len(topic.messages) != 1:
+        return None
+    values = [r.value for r in records if r.topic == topic.name and r.value]
+    # Each value one object: no string can run across the separator (JSON strings hold no raw
+    # newline), and a record cut in two or holding two objects fails the shape or the count.
+    if len(values) != len(records) or not all(v[:1] == b"{" and v[-1:] == b"}" for v in values):
+        return None
+    model = topic.messages[0]
+    adapter = _LIST_OF.get(model)
+    if adapter is None:
+        adapter = _LIST_OF[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
+    try:
+        parsed = adapter.validate_json(b"[" + b"\n,".join(values) + b"]")
+    except ValidationError:
+        return None
+    return parsed if len(parsed) == len(records) else None
 
 
 def _parse_fast(record: KafkaRecord) -> Envelope | None:
