@@ -269,6 +269,12 @@ class Drain:
     def rate(self) -> float:
         return self.events / self.ready_to_done if self.ready_to_done > 0 else float("nan")
 
+    @property
+    def measured(self) -> bool:
+        """False when the range was already committed at the first look (a --quick range can be
+        done while the second replica still starts): the rate then says nothing."""
+        return len(self.samples) > 1
+
 
 REPLICAS = 1  # set from --replicas in main()
 
@@ -339,6 +345,7 @@ async def reset_calls_offsets(stack: Stack, starts: dict[TopicPartition, int]) -
 # ------------------------------------------------------------------------------------ (d) alert latency
 
 
+FALLBACK_ALERT_RATE = 5_000
 GENERATOR_LINGER_S = 0.005  # what a platform producer with linger.ms=5 does, at a fraction of the CPU
 
 
@@ -657,7 +664,11 @@ async def main() -> int:
         # (d) alert latency at half the sustained rate.
         alerts: dict[str, Any] | None = None
         if not args.skip_alerts:
-            rate = args.alert_rate or max(100, int(first.rate / 2))
+            rate = args.alert_rate or (max(100, int(first.rate / 2)) if first.measured else FALLBACK_ALERT_RATE)
+            if not args.alert_rate and not first.measured:
+                say(
+                    f"   (b) was over before its first sample: (d) runs at {FALLBACK_ALERT_RATE:,}/s (more --events to derive it)"
+                )
             alerts = await alert_latency(
                 stack, workers, sampler, prefix, rate, args.alert_seconds, args.crossings, args.timeout, rng
             )

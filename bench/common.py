@@ -759,10 +759,15 @@ async def _open_loop(
             futures.append(await producer.send(topic, value, key=key, partition=partition))
             result.send_lag.append(now() - start - offset)
             i += 1
-        if len(futures) > 5000:
-            done = [f for f in futures if f.done()]
-            result.errors += sum(1 for f in done if f.exception() is not None)
-            futures[:] = [f for f in futures if not f.done()]
+        _settle(futures, result)
+
+
+def _settle(futures: list[asyncio.Future[Any]], result: OpenLoopResult, keep: int = 5000) -> None:
+    """Count the failed sends among those done, and stop holding them (a long run sends millions)."""
+    if len(futures) > keep:
+        done = [f for f in futures if f.done()]
+        result.errors += sum(1 for f in done if f.exception() is not None)
+        futures[:] = [f for f in futures if not f.done()]
 
 
 async def _open_loop_batched(
@@ -798,10 +803,7 @@ async def _open_loop_batched(
         sent_at = now() - start
         result.send_lag.extend(sent_at - items[k][0] for k in range(i, j))
         i = j
-        if len(futures) > 5000:
-            done = [f for f in futures if f.done()]
-            result.errors += sum(1 for f in done if f.exception() is not None)
-            futures[:] = [f for f in futures if not f.done()]
+        _settle(futures, result)
         await asyncio.sleep(every)
 
 
