@@ -26,7 +26,13 @@ def create_worker(settings: Settings | None = None) -> Worker:
         settings,
         registry,
         subscriptions=[
-            Subscription((USAGE_CALLS.name,), max_records=settings.batch_max_records),
+            Subscription(
+                (USAGE_CALLS.name,),
+                max_records=settings.batch_max_records,
+                linger_ms=settings.calls_linger_ms,
+                fetch_min_bytes=settings.calls_fetch_min_bytes,
+                consumers=settings.calls_consumers,
+            ),
             Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=2000),
         ],
         publishes=[METERING_ALERTS.name, METERING_USAGE.name, f"{USAGE_CALLS.name}.dlq"],

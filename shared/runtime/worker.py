@@ -37,6 +37,12 @@ class Subscription:
 
     topics: tuple[str, ...]
     max_records: int | None = None
+    # A fetch waits until this much data is there, or ``linger_ms`` passed (then: fetch_max_wait_ms).
+    # For a high-rate topic: fewer, fuller batches (fewer transactions and broker requests), at
+    # a latency of at most linger_ms; a backlog fills a fetch at once and does not wait.
+    linger_ms: int | None = None
+    fetch_min_bytes: int = 1
+    consumers: int | None = None  # in this process; None: settings.consumers_per_subscription
 
 
 async def _the_message(message: Any) -> Any:
@@ -160,7 +166,7 @@ def build_worker(
     for subscription in subscriptions:
         # Several consumers of one group in one process share the partitions: while one waits for
         # PostgreSQL, another processes its batch (each partition still has one consumer, in order).
-        for index in range(settings.consumers_per_subscription):
+        for index in range(subscription.consumers or settings.consumers_per_subscription):
             committer = OffsetCommitter(service, settings.offset_commit_interval_ms / 1000)
             committers.append(committer)
             subscriber = broker.subscriber(
@@ -171,7 +177,8 @@ def build_worker(
                 ack_policy=AckPolicy.MANUAL,  # offsets are committed by the OffsetCommitter, after the transaction
                 max_records=subscription.max_records or settings.batch_max_records,
                 batch_timeout_ms=settings.batch_timeout_ms,
-                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                fetch_max_wait_ms=subscription.linger_ms or settings.fetch_max_wait_ms,
+                fetch_min_bytes=subscription.fetch_min_bytes,
                 decoder=_the_message,
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,
