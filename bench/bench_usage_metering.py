@@ -718,11 +718,17 @@ async def main() -> int:
         workers.stop_all()
 
         say("\n== summary")
-        say(f"   sustained {first.rate:,.0f} events/s (target >= 25,000): {verdict(first.rate >= 25_000)}")
-        say(
-            f"   {100 * first.rate / raw_rate:.1f} % of the raw consumer rate {raw_rate:,.0f}/s (target >= 40 %): "
-            f"{verdict(first.rate >= 0.4 * raw_rate)}"
-        )
+        if not first.measured:
+            say(
+                f"   sustained rate NOT MEASURED: {first.events - first.timed_events:,} of {first.events:,} events were "
+                "committed before the first sample that showed a commit (use more --events)"
+            )
+        else:
+            say(f"   sustained {first.rate:,.0f} events/s (target >= 25,000): {verdict(first.rate >= 25_000)}")
+            say(
+                f"   {100 * first.rate / raw_rate:.1f} % of the raw consumer rate {raw_rate:,.0f}/s (target >= 40 %): "
+                f"{verdict(first.rate >= 0.4 * raw_rate)}"
+            )
         if replay is not None:
             say(f"   replay {replay.rate:,.0f} events/s, accrual unchanged: {verdict(ok_sum)}")
         if alerts is not None:
