@@ -72,6 +72,7 @@ from bench.common import (
 )
 from contracts.messages import AccountOpened, CallCharged
 from contracts.topics import PLATFORM_ACCOUNTS, USAGE_CALLS
+from services.usage_metering.settings import Settings as MeteringSettings
 from shared.runtime.worker import tune_garbage_collector
 from shared.settings import ServiceSettings
 
@@ -280,28 +281,30 @@ async def raw_insert_rate(stack: Stack, fill: Fill, batch: int = 5000) -> tuple[
 
 @dataclass
 class Drain:
-    """How the group worked through the range. The rate runs from the first sample that shows a
-    commit to the last: the workers' start-up (imports, migrations, the group's rebalances, during
-    which the first replica already consumes) is reported apart, not counted for or against."""
+    """How the group worked through the range. The rate runs from the first sample at which the
+    whole group was formed (every consumer of every replica a member, the group stable) to the
+    last commit, counting only the events committed after that sample. Before it, the workers
+    start (imports, migrations) and join one consumer at a time, each join stopping the group
+    for a rebalance, while the first members already consume: reported apart as start-up."""
 
     events: int
-    startup: float  # workers spawned -> first sample showing a commit
+    spawned: float
     steady_rate: float
-    samples: list[tuple[float, int]]
+    samples: list[tuple[float, int, bool]]  # (when, events committed, whole group formed)
 
     @property
-    def _first(self) -> tuple[float, int] | None:
-        return next(((t, n) for t, n in self.samples if n > 0), None)
+    def _formed(self) -> tuple[float, int, bool] | None:
+        return next((sample for sample in self.samples if sample[2]), None)
 
     @property
     def timed_events(self) -> int:
-        first = self._first
-        return self.events - first[1] if first else 0
+        formed = self._formed
+        return self.events - formed[1] if formed else 0
 
     @property
     def timed_seconds(self) -> float:
-        first = self._first
-        return self.samples[-1][0] - first[0] if first else 0.0
+        formed = self._formed
+        return self.samples[-1][0] - formed[0] if formed else 0.0
 
     @property
     def rate(self) -> float:
@@ -309,14 +312,19 @@ class Drain:
 
     @property
     def measured(self) -> bool:
-        """False when the range was already committed (or nearly) at the first sample showing a
-        commit (a --quick range): the rate then says nothing."""
+        """False when most of the range was committed before the group was formed (a --quick
+        range): the rate then says nothing."""
         return self.timed_seconds > 0 and self.timed_events >= 0.5 * self.events
 
     def describe(self) -> str:
+        formed = self._formed
+        startup = formed[0] - self.spawned if formed else float("nan")
+        whole = self.samples[-1][0] - self.spawned
         return (
-            f"{self.timed_events:,} events from the first commit seen to the last in {self.timed_seconds:.1f} s = "
-            f"{self.rate:,.0f} events/s (steady 10-90 %: {self.steady_rate:,.0f}/s; start-up before it {self.startup:.1f} s)"
+            f"{self.timed_events:,} events from the group formed to the last commit in {self.timed_seconds:.1f} s = "
+            f"{self.rate:,.0f} events/s (steady 10-90 %: {self.steady_rate:,.0f}/s); start-up {startup:.1f} s, "
+            f"in which {self.events - self.timed_events:,} were done (spawn -> last commit: "
+            f"{self.events / whole:,.0f} events/s)"
         )
 
 
@@ -332,6 +340,12 @@ async def start_metering(workers: Workers) -> float:
     for name in metering_replicas():
         workers.start(SERVICE, name)
     return min([await workers.wait_ready(name) for name in metering_replicas()])
+
+
+def group_members() -> int:
+    """Consumers the replicas put in the group (the workers read the same BILLING_* environment)."""
+    settings = MeteringSettings()
+    return REPLICAS * (settings.calls_consumers + settings.consumers_per_subscription)
 
 
 def stop_metering(workers: Workers) -> None:
@@ -352,14 +366,17 @@ async def drain(
     total = sum(ends[tp] - starts[tp] for tp in ends)
     spawned = now()
     await start_metering(workers)
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, bool]] = []
+    members = group_members()
     async with Admin(stack) as admin:
 
         async def done() -> bool:
             workers.check_alive()
+            state, joined = await admin.state(GROUP)
             committed = await admin.committed(GROUP, list(ends))
             progress = sum(min(max(committed[tp], starts[tp]), ends[tp]) - starts[tp] for tp in ends)
-            samples.append((now(), progress))
+            formed = (state == "Stable" and joined == members) or bool(samples and samples[-1][2])
+            samples.append((now(), progress, formed))
             return progress >= total
 
         def progress() -> str:
@@ -367,14 +384,13 @@ async def drain(
 
         with sampler.phase(f"{label} worker") as cpu:
             await wait_for(done, timeout, f"{label}: {GROUP} to commit the range", interval=0.25, progress=progress)
-    first_commit = next(t for t, n in samples if n > 0)
-    return Drain(total, first_commit - spawned, steady_rate(samples, total), samples), cpu
+    return Drain(total, spawned, steady_rate(samples, total), samples), cpu
 
 
-def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
+def steady_rate(samples: list[tuple[float, int, bool]], total: int) -> float:
     """Rate between the samples at >= 10 % and >= 90 % of the range (leaves out start-up and the tail)."""
-    low = next(((t, n) for t, n in samples if n >= 0.1 * total), None)
-    high = next(((t, n) for t, n in samples if n >= 0.9 * total), None)
+    low = next(((t, n) for t, n, _ in samples if n >= 0.1 * total), None)
+    high = next(((t, n) for t, n, _ in samples if n >= 0.9 * total), None)
     if low is None or high is None or high[0] <= low[0]:
         return float("nan")
     return (high[1] - low[1]) / (high[0] - low[0])
@@ -721,7 +737,7 @@ async def main() -> int:
         if not first.measured:
             say(
                 f"   sustained rate NOT MEASURED: {first.events - first.timed_events:,} of {first.events:,} events were "
-                "committed before the first sample that showed a commit (use more --events)"
+                "committed before the group was formed (use more --events)"
             )
         else:
             say(f"   sustained {first.rate:,.0f} events/s (target >= 25,000): {verdict(first.rate >= 25_000)}")

@@ -24,6 +24,10 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
+    # A consumer learns of a rebalance (a replica joins or leaves) at its next heartbeat, and the
+    # whole group stops until every member has rejoined: 1 s instead of aiokafka's 3 s shortens
+    # each such pause (a worker's start-up is several joins). The session timeout stays 10 s.
+    kafka_heartbeat_interval_ms: int = 1000
 
     database_host: str = "127.0.0.1"  # or the directory of PostgreSQL's Unix socket, e.g. /var/run/postgresql
     database_port: int = 55432

@@ -179,6 +179,7 @@ def build_worker(
                 batch_timeout_ms=settings.batch_timeout_ms,
                 fetch_max_wait_ms=subscription.linger_ms or settings.fetch_max_wait_ms,
                 fetch_min_bytes=subscription.fetch_min_bytes,
+                heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
                 decoder=_the_message,
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,

@@ -22,6 +22,7 @@ def test_calls_have_one_lingering_consumer_and_the_rest_the_shared_settings() ->
     others = consumers["billing.cycles,metering.commands,platform.accounts"]
     assert len(others) == 2
     assert all(c["fetch_min_bytes"] == 1 and c["fetch_max_wait_ms"] == 100 for c in others)
+    assert all(c["heartbeat_interval_ms"] == 1000 for c in [calls, *others])
 
 
 def test_the_calls_consumer_is_configurable() -> None:
