@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import SecretStr
+import pytest
+from pydantic import SecretStr, ValidationError
 
+from services.usage_metering.settings import Settings
 from shared.settings import ServiceSettings
 
 
@@ -26,3 +28,16 @@ def test_a_directory_as_host_gives_the_unix_socket_there_on_the_same_port() -> N
 
     assert url.hostname is None and url.path == "/cycle_close"
     assert parse_qs(url.query) == {"host": ["/var/run/postgresql"], "port": ["55434"]}
+
+
+def test_tuning_settings_out_of_range_are_refused_with_the_setting_named() -> None:
+    for field, value in [("calls_consumers", 0), ("calls_linger_ms", 0), ("calls_fetch_min_bytes", 0)]:
+        with pytest.raises(ValidationError, match=field):
+            Settings.model_validate({field: value})
+    for field, value in [
+        ("kafka_heartbeat_interval_ms", 10),
+        ("kafka_heartbeat_interval_ms", 5000),
+        ("gc_young_threshold", -1),
+    ]:
+        with pytest.raises(ValidationError, match=field):
+            ServiceSettings.model_validate({field: value})
