@@ -234,14 +234,14 @@ def garbage_collected_like_a_worker() -> Iterator[None]:
     tune the collector as a worker does (``tune_garbage_collector``), or the baseline would pay
     for full collections of the generator's objects and the ratio would flatter the service."""
     before = gc.get_threshold()
-    gc.collect()
+    callbacks = list(gc.callbacks)
     tune_garbage_collector(ServiceSettings().gc_young_threshold)
     try:
         yield
     finally:
-        gc.unfreeze()
+        gc.unfreeze()  # nothing else in this script freezes while the raw consumer runs
         gc.set_threshold(*before)
-        gc.callbacks.clear()
+        gc.callbacks[:] = callbacks
 
 
 async def raw_insert_rate(stack: Stack, fill: Fill, batch: int = 5000) -> tuple[int, float]:
@@ -335,11 +335,12 @@ def metering_replicas() -> list[str]:
     return replica_names(SERVICE, REPLICAS)
 
 
-async def start_metering(workers: Workers) -> float:
-    """Start the usage-metering replicas (one consumer group); returns when the first one was ready."""
+async def start_metering(workers: Workers) -> None:
+    """Start the usage-metering replicas (one consumer group); returns when all are ready."""
     for name in metering_replicas():
         workers.start(SERVICE, name)
-    return min([await workers.wait_ready(name) for name in metering_replicas()])
+    for name in metering_replicas():
+        await workers.wait_ready(name)
 
 
 def group_members() -> int:
@@ -362,7 +363,8 @@ async def drain(
     timeout: float,
     label: str,
 ) -> tuple[Drain, dict[str, tuple[float, float]]]:
-    """Start the worker and time it from ready until the group committed ``ends`` on usage.calls."""
+    """Start the workers and sample the group until it committed ``ends`` on usage.calls (``Drain``
+    times the rate from the first sample at which the whole group was formed)."""
     total = sum(ends[tp] - starts[tp] for tp in ends)
     spawned = now()
     await start_metering(workers)
@@ -726,7 +728,7 @@ async def main() -> int:
             rate = args.alert_rate or (max(100, int(first.rate / 2)) if first.measured else FALLBACK_ALERT_RATE)
             if not args.alert_rate and not first.measured:
                 say(
-                    f"   (b) was over before its first sample: (d) runs at {FALLBACK_ALERT_RATE:,}/s (more --events to derive it)"
+                    f"   most of (b) was committed before the group was formed: (d) runs at {FALLBACK_ALERT_RATE:,}/s (more --events to derive it)"
                 )
             alerts = await alert_latency(
                 stack, workers, sampler, prefix, rate, args.alert_seconds, args.crossings, args.timeout, rng
@@ -746,7 +748,8 @@ async def main() -> int:
                 f"{verdict(first.rate >= 0.4 * raw_rate)}"
             )
         if replay is not None:
-            say(f"   replay {replay.rate:,.0f} events/s, accrual unchanged: {verdict(ok_sum)}")
+            replay_rate = f"{replay.rate:,.0f} events/s" if replay.measured else "rate NOT MEASURED (use more --events)"
+            say(f"   replay {replay_rate}, accrual unchanged: {verdict(ok_sum)}")
         if alerts is not None:
             say(
                 f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "

@@ -45,11 +45,11 @@ class ServiceSettings(BaseSettings):
     # and while one waits for PostgreSQL (a round trip, a WAL flush) the other processes its batch.
     # Two: a 100,000-account cycle close in 49.5-59.1 s instead of 64-71 s; license orders at
     # 200 commands/s p99 24.9 ms instead of 34.2 ms on the same stack (docs/benchmarks.md).
-    consumers_per_subscription: int = 2
+    consumers_per_subscription: int = Field(default=2, ge=1)
     # Offsets are committed after the batch's transaction, at most this often (0: after every batch).
     offset_commit_interval_ms: int = 100
     # Allocations between two young-generation garbage collections (Python's default: 700; 0 keeps
-    # it). Metering at full rate: 47,900-48,300 calls/s instead of 30,700-33,900 (docs/benchmarks.md).
+    # Python's thresholds; see tune_garbage_collector for the older generations). Metering at full rate: 47,900-48,300 calls/s instead of 30,700-33,900 (docs/benchmarks.md).
     gc_young_threshold: int = Field(default=50_000, ge=0)
     relay_batch_size: int = 2000
     relay_poll_interval_s: float = 0.05

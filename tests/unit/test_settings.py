@@ -38,6 +38,7 @@ def test_tuning_settings_out_of_range_are_refused_with_the_setting_named() -> No
         ("kafka_heartbeat_interval_ms", 10),
         ("kafka_heartbeat_interval_ms", 5000),
         ("gc_young_threshold", -1),
+        ("consumers_per_subscription", 0),
     ]:
         with pytest.raises(ValidationError, match=field):
             ServiceSettings.model_validate({field: value})
