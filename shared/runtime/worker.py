@@ -45,11 +45,22 @@ class Subscription:
     consumers: int | None = None  # in this process; None: settings.consumers_per_subscription
 
 
-async def _the_message(message: Any) -> Any:
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a subscriber's handler gets for a batch: aiokafka's records as fetched, and the consumer."""
+
+    records: tuple[Any, ...]
+    consumer: Any
+
+
+async def _records_and_consumer(message: KafkaMessage) -> Fetched:
     # Never let the framework decode: bytes that are not JSON must reach the runtime's DLQ path.
-    # The handler gets FastStream's message itself (its records and its consumer), with no
-    # dependency injection: FastDepends ran its ``Context`` lookup in a thread for every batch.
-    return message
+    # No dependency injection either: FastDepends ran its ``Context`` lookup in a thread for every
+    # batch. And not FastStream's message itself: it keeps the decoded value in a cache of its own,
+    # so that would be a reference cycle (message -> cache -> message), freed only by the cyclic
+    # collector, holding every batch's records until then (see ``tune_garbage_collector``).
+    raw = message.raw_message
+    return Fetched(raw if isinstance(raw, tuple) else (raw,), message.consumer)
 
 
 def _security(settings: ServiceSettings) -> BaseSecurity | None:
@@ -80,12 +91,10 @@ def _log_long_collections(phase: str, info: dict[str, int]) -> None:
     took = time.perf_counter() - _collection_started[0]
     if took >= LONG_COLLECTION_S:
         log.warning(
-            "long garbage collection",
-            extra={
-                "generation": info.get("generation"),
-                "ms": round(took * 1000, 1),
-                "collected": info.get("collected"),
-            },
+            "long garbage collection: generation %s, %.1f ms, %s objects collected",
+            info.get("generation"),
+            took * 1000,
+            info.get("collected"),
         )
 
 
@@ -108,15 +117,13 @@ def tune_garbage_collector(young_threshold: int) -> None:
 def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
     """The subscriber's handler: process the batch, then hand its offsets to the committer."""
 
-    async def consume(message: KafkaMessage) -> None:
-        raw = message.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+    async def consume(batch: Fetched) -> None:
         try:
-            await processor.process(records)  # aiokafka's records as they are: no copy per record
+            await processor.process(batch.records)  # aiokafka's records as they are: no copy per record
         except BaseException:
-            rewind(message.consumer, records)  # fetched again, never passed over by a later commit
+            rewind(batch.consumer, batch.records)  # fetched again, never passed over by a later commit
             raise
-        committer.processed(message.consumer, records)
+        committer.processed(batch.consumer, batch.records)
 
     return consume
 
@@ -147,7 +154,7 @@ def build_worker(
         acks="all",
         enable_idempotence=True,
         log_level=logging.DEBUG,  # FastStream's per-batch access lines; our own logs carry the context
-        apply_types=False,  # handlers take the message as it is (see _the_message)
+        apply_types=False,  # handlers take what the decoder gives (see _records_and_consumer)
     )
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
@@ -183,7 +190,7 @@ def build_worker(
                 fetch_max_wait_ms=subscription.linger_ms or settings.fetch_max_wait_ms,
                 fetch_min_bytes=subscription.fetch_min_bytes,
                 heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-                decoder=_the_message,
+                decoder=_records_and_consumer,
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,
             )
