@@ -8,10 +8,13 @@
    command is valid) sent as fast as possible; time from the first send until every result
    event arrived on ``licensing.events``. Raw baseline in the same run: a bare consumer reading
    and JSON-decoding the same command range.
-3. Open loop: ``--rate`` commands/s for ``--seconds``; every command has an intended send time;
-   latency = result event arrival - intended send time, split at the result record's timestamp
+3. Open loop: ``--rate`` commands/s for ``--warmup`` + ``--seconds``; every command has an
+   intended send time; latency = result event arrival - intended send time, split at the result record's timestamp
    (when the relay sent it). The transport floor in the same run is the command reaching a bare
    consumer of ``licensing.commands`` (partition 0: a sixth of the commands, a sample).
+   The first ``--warmup`` seconds are reported on their own line and not counted: a broker
+   started a minute ago still spends 10-37 % of a core compiling (its JIT), which a broker that
+   has run for a day does not (docs/benchmarks.md).
 
 Targets: >= 1,000 commands/s sustained; p99 <= 50 ms at 200 commands/s.
 Run ``python -m bench.bench_license_orders --help``; docs/benchmarks.md has the commands.
@@ -88,7 +91,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--licenses", type=int, default=20, help="user licenses each account buys first (default 20)")
     parser.add_argument("--commands", type=int, help="closed-loop commands (default 20,000; --quick 2,000)")
     parser.add_argument("--rate", type=int, default=200, help="open-loop commands/s (default 200)")
-    parser.add_argument("--seconds", type=float, help="open-loop duration (default 20 s; --quick 5 s)")
+    parser.add_argument("--seconds", type=float, help="open-loop duration measured (default 20 s; --quick 5 s)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="open-loop seconds before those, at the same rate, reported apart (default 20 s; --quick 0)",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
         "--replicas",
@@ -100,8 +108,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 accounts, 2,000 commands, 5 s open loop")
     add_stack_arguments(parser)
     args = parser.parse_args()
-    full, quick = (1_000, 20_000, 20.0), (100, 2_000, 5.0)
-    for name, default in zip(("accounts", "commands", "seconds"), quick if args.quick else full, strict=True):
+    full, quick = (1_000, 20_000, 20.0, 20.0), (100, 2_000, 5.0, 0.0)
+    for name, default in zip(("accounts", "commands", "seconds", "warmup"), quick if args.quick else full, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
     return args
@@ -258,6 +266,7 @@ async def main() -> int:
         commands=args.commands,
         rate=args.rate,
         seconds=args.seconds,
+        warmup=args.warmup,
         replicas=args.replicas,
         run=prefix,
     )
@@ -339,7 +348,7 @@ async def main() -> int:
         )
 
         # 3. Open loop at a fixed rate.
-        total = int(args.rate * args.seconds)
+        total = int(args.rate * (args.warmup + args.seconds))
         mix.counts.clear()
         commands = [mix.next() for _ in range(total)]
         partition_of = KeyPartitioner(LICENSING_COMMANDS.partitions)
@@ -362,19 +371,25 @@ async def main() -> int:
         finally:
             await probe.stop()
             await latency_producer.stop()
-        latencies = [results.arrived[i] - (clock[0] + at) for i, at in intended.items()]
+        warming = [results.arrived[i] - (clock[0] + at) for i, at in intended.items() if at < args.warmup]
+        measured = {i: at for i, at in intended.items() if at >= args.warmup}
+        latencies = [results.arrived[i] - (clock[0] + at) for i, at in measured.items()]
         by_type: dict[str, list[float]] = {}
         for command in commands:
             mid = str(command.message_id)
-            by_type.setdefault(command.type, []).append(results.arrived[mid] - (clock[0] + intended[mid]))
+            if mid in measured:
+                by_type.setdefault(command.type, []).append(results.arrived[mid] - (clock[0] + measured[mid]))
         transport = [
-            results.commands_seen[i] - (clock[0] + at) for i, at in intended.items() if i in results.commands_seen
+            results.commands_seen[i] - (clock[0] + at) for i, at in measured.items() if i in results.commands_seen
         ]
         lag = sorted(sent.send_lag)
         say(
             f"3. open loop: {sent.sent:,} commands at {args.rate}/s in {sent.duration:.1f} s, errors {sent.errors}, "
             f"sender lag p99 {1000 * percentile(lag, 99):.1f} ms"
         )
+        if warming:
+            say(f"   warm-up, the first {args.warmup:g} s (not counted): {latency_line(warming)}")
+            say(f"   measured, the {args.seconds:g} s after it:")
         say(
             f"   transport floor (intended send -> a bare consumer has the command; partition 0): {latency_line(transport)}"
         )
@@ -382,13 +397,13 @@ async def main() -> int:
         # Where it goes: the result record's timestamp is taken by the relay's producer when it
         # batches the event, so it splits the latency into the worker's part and the last hop.
         wall_minus_clock = time.time() - now()
-        relayed = [results.created_ms[i] / 1000 - wall_minus_clock - (clock[0] + at) for i, at in intended.items()]
-        last_hop = [results.arrived[i] - (results.created_ms[i] / 1000 - wall_minus_clock) for i in intended]
+        relayed = [results.created_ms[i] / 1000 - wall_minus_clock - (clock[0] + at) for i, at in measured.items()]
+        last_hop = [results.arrived[i] - (results.created_ms[i] / 1000 - wall_minus_clock) for i in measured]
         say(f"     of which intended send -> relay sends the result: {latency_line(relayed)}")
         say(f"     and relay sends -> result arrival: {latency_line(last_hop)}")
         say(f"   disk: a one-record commit (a WAL flush) every 0.1 s took {probe.summary()}")
         windows: dict[int, list[float]] = {}
-        for message_id, offset_s in intended.items():
+        for message_id, offset_s in measured.items():
             windows.setdefault(int(offset_s // 2), []).append(results.arrived[message_id] - (clock[0] + offset_s))
         say(
             "   p99 per 2 s of the schedule (ms): "
