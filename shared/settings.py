@@ -48,8 +48,9 @@ class ServiceSettings(BaseSettings):
     consumers_per_subscription: int = Field(default=2, ge=1)
     # Offsets are committed after the batch's transaction, at most this often (0: after every batch).
     offset_commit_interval_ms: int = 100
-    # Allocations between two young-generation garbage collections (Python's default: 700; 0 keeps
-    # Python's thresholds; see tune_garbage_collector for the older generations). Metering at full rate: 47,900-48,300 calls/s instead of 30,700-33,900 (docs/benchmarks.md).
+    # A young-generation garbage collection runs when this many more container objects have been
+    # allocated than freed (Python's default: 700; 0 keeps Python's thresholds; see
+    # tune_garbage_collector for the older generations). Metering sets its own, higher.
     gc_young_threshold: int = Field(default=50_000, ge=0)
     relay_batch_size: int = 2000
     relay_poll_interval_s: float = 0.05

@@ -101,11 +101,12 @@ def _log_long_collections(phase: str, info: dict[str, int]) -> None:
 def tune_garbage_collector(young_threshold: int) -> None:
     """What exists at start-up (modules, the app, pools) lives as long as the process: collected
     once, then frozen, the cyclic collector never walks it again. And a batch of thousands of
-    messages is garbage by reference counting alone (no cycles), so the collector need not run
-    every 700 allocations: with Python's defaults it took about a quarter of metering's time at
-    full rate, in full collections of the records aiokafka holds ahead (docs/benchmarks.md).
+    messages is garbage by reference counting alone (no cycles: see ``_records_and_consumer``),
+    so the collector need not run every 700 allocations: with Python's defaults it took about a
+    quarter of metering's time at full rate, in full collections of the records aiokafka holds
+    ahead (docs/benchmarks.md). ``young_threshold`` should exceed what one batch holds at once.
     The older generations are collected after 20 young and 100 middle collections (Python: 10
-    and 10), i.e. every 1,000,000 and 100,000,000 allocations. 0 keeps Python's thresholds."""
+    and 10). 0 keeps Python's thresholds."""
     gc.collect()
     gc.freeze()
     if young_threshold > 0:

@@ -188,3 +188,43 @@ async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(stack
         a["threshold_percent"] for a in stack.matching(ALERTS, account_id=account, type="CallingCreditThresholdReached")
     )
     assert thresholds == [50, 80, 100]
+
+
+async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_collector(stack: Bus, dbs) -> None:
+    """A batch's objects are freed by reference counting when it ends; a collector pass in the
+    middle of it would only walk them (20-30 ms each, finding nothing) while the batch holds its
+    transaction open. With the service's settings, a full batch must not set one off."""
+    import gc
+
+    from services.usage_metering import handlers
+    from services.usage_metering.settings import Settings
+    from shared.db import make_sessions
+    from shared.runtime import BatchProcessor
+    from shared.runtime.codec import Record
+
+    settings = Settings()
+    accounts = [await open_account(stack) for _ in range(10)]
+    calls = [call(accounts[i % 10], "0.01") for i in range(settings.batch_max_records)]
+    records = [
+        Record("usage.calls", 0, i, c.account_id.encode(), c.model_dump_json().encode(), (), 1)
+        for i, c in enumerate(calls)
+    ]
+    processor = BatchProcessor("usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry)
+    await processor.process(records[:10])  # connections and statements ready, as in a running worker
+    passes: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(settings.gc_young_threshold, thresholds[1], thresholds[2])
+    gc.callbacks.append(count)
+    try:
+        await processor.process(records[10:])
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*thresholds)
+    assert passes == []
+    assert await accrued(dbs, accounts[0]) == Decimal("0.01") * (settings.batch_max_records // 10)
