@@ -74,7 +74,6 @@ from contracts.messages import AccountOpened, CallCharged
 from contracts.topics import PLATFORM_ACCOUNTS, USAGE_CALLS
 from services.usage_metering.settings import Settings as MeteringSettings
 from shared.runtime.worker import tune_garbage_collector
-from shared.settings import ServiceSettings
 
 SERVICE = "usage_metering"
 GROUP = SERVICE_GROUPS[SERVICE]
@@ -235,7 +234,7 @@ def garbage_collected_like_a_worker() -> Iterator[None]:
     for full collections of the generator's objects and the ratio would flatter the service."""
     before = gc.get_threshold()
     callbacks = list(gc.callbacks)
-    tune_garbage_collector(ServiceSettings().gc_young_threshold)
+    tune_garbage_collector(MeteringSettings().gc_young_threshold)  # the metering worker's, not the shared default
     try:
         yield
     finally:

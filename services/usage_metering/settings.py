@@ -18,9 +18,9 @@ class Settings(ServiceSettings):
     # One consumer of usage.calls per process: its batches are twice as full as with two, which
     # costs less per call (at 12,000 calls/s: alert p50 32 ms against 82 ms, machine 167 % against 192 %).
     calls_consumers: int = Field(default=1, ge=1)
-    # A worker holds ~100,000-200,000 container objects at once while a full batch of 5,000 calls is
-    # fetched and handled; they are freed by reference counting when it ends, so a young
-    # collection in between only walks them (20-30 ms, nothing found). At 50,000 each replica ran
-    # 5-18 such passes per 10 s at full rate; at 200,000 none, and 51,203 calls/s against
-    # 41,718-47,185 (docs/benchmarks.md, runs of 15:11).
+    # While a full batch of 5,000 calls is fetched and handled, a worker allocates more than 100,000
+    # container objects beyond those it frees; all are freed by reference counting when the batch
+    # ends, so a young collection in between only walks them (20-30 ms, nothing found). At 50,000
+    # each replica ran 5-18 such passes per run at full rate, at 100,000 five, at 200,000 none:
+    # 51,203 calls/s against 41,718-47,185 at 50,000 (docs/benchmarks.md, runs of 15:11).
     gc_young_threshold: int = Field(default=200_000, ge=0)

@@ -118,7 +118,8 @@ def tune_garbage_collector(young_threshold: int) -> None:
 def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
     """The subscriber's handler: process the batch, then hand its offsets to the committer."""
 
-    async def consume(batch: Fetched) -> None:
+    async def consume(decoded: Any) -> None:  # Any: FastStream documents the payload from this annotation
+        batch: Fetched = decoded
         try:
             await processor.process(batch.records)  # aiokafka's records as they are: no copy per record
         except BaseException:
