@@ -4,7 +4,10 @@
    fills ``usage.calls`` with ``--events`` realistic ``CallCharged`` (costs 0.01-3.00 USD with
    6 decimals, ~1 % duplicate reports), pre-serialised and sent in batches.
 2. (a) raw limits, same run: a bare aiokafka consumer (``getmany`` + ``json.loads``, nothing else)
-   reading exactly that range, and a bare asyncpg set-based insert of the same rows.
+   reading exactly that range, and a bare asyncpg set-based insert of the same rows; then the
+   floor pipeline: as many bare processes as replicas, reading the range and recording the calls
+   with metering's own deduplicating insert, nothing else (bench/floor_pipeline.py). What it
+   reaches is the most any implementation of the service could reach with these tables here.
 3. (b) starts the worker with the group's offsets at the start of the range and times it until
    the ``usage-metering`` group has committed the end of the range; checks the accrual.
 4. (c) replay: stops the worker, rewinds the group to the start of the range, lets it process
@@ -20,10 +23,12 @@ Run ``python -m bench.bench_usage_metering --help``; docs/benchmarks.md has the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import json
 import random
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from bench import floor_pipeline
 from bench.common import (
     SERVICE_GROUPS,
     Admin,
@@ -276,6 +282,51 @@ async def raw_insert_rate(stack: Stack, fill: Fill, batch: int = 5000) -> tuple[
         return inserted, elapsed
     finally:
         await conn.close()
+
+
+async def floor_rate(
+    stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int], processes: int, timeout: float
+) -> tuple[int, float, float]:
+    """(records, seconds, process CPU seconds) for ``processes`` bare processes reading the range
+    and recording the calls with metering's deduplicating insert, nothing else (bench/floor_pipeline.py)."""
+    conn = await connect(stack, "bench_raw")  # created by raw_insert_rate
+    try:
+        await conn.execute(floor_pipeline.CREATE_TABLE)
+        await conn.execute(f"truncate {floor_pipeline.TABLE}")
+    finally:
+        await conn.close()
+    partitions = sorted(ends, key=lambda tp: tp.partition)
+    children = []
+    for share in range(processes):
+        ranges = {tp.partition: (starts[tp], ends[tp]) for tp in partitions[share::processes]}
+        children.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.floor_pipeline",
+                stack.dsn("bench_raw"),
+                stack.bootstrap,
+                CALLS,
+                json.dumps(ranges),
+                stdout=asyncio.subprocess.PIPE,
+            )
+        )
+    try:
+        outputs = [await asyncio.wait_for(child.communicate(), timeout) for child in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+    if any(child.returncode for child in children):
+        raise RuntimeError("a floor pipeline process failed (its error is above)")
+    results = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
+    conn = await connect(stack, "bench_raw")
+    try:
+        await conn.execute(f"truncate {floor_pipeline.TABLE}")
+    finally:
+        await conn.close()
+    span = max(r["last"] for r in results) - min(r["first"] for r in results)
+    return sum(r["records"] for r in results), span, sum(r["cpu"] for r in results)
 
 
 @dataclass
@@ -687,6 +738,14 @@ async def main() -> int:
             f"(a) raw asyncpg set-based insert (5,000-row unnest, on conflict, returning): {len(fill.raw_accounts):,} rows "
             f"({db_n:,} new) in {db_s:.2f} s = {db_rate:,.0f} rows/s"
         )
+        with sampler.phase(f"(a) floor pipeline, {REPLICAS} processes"):
+            floor_n, floor_s, floor_cpu = await floor_rate(stack, starts, ends, REPLICAS, args.timeout)
+        floor = floor_n / floor_s
+        say(
+            f"(a) floor pipeline ({REPLICAS} bare processes: getmany + json.loads + metering's deduplicating insert, "
+            f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floor:,.0f} events/s = {100 * floor / raw_rate:.1f} % "
+            f"of the raw consumer; their own CPU {1e6 * floor_cpu / floor_n:.1f} µs an event"
+        )
         expected_total = Decimal(fill.total_micros) / 1_000_000
         unique = fill.unique
         del fill  # ~1 GB of Python objects: free them before the worker runs (and before the GC-quiet phases)
@@ -698,7 +757,8 @@ async def main() -> int:
         meters, billable, over_cap, calls = await accrual(stack, prefix)
         say(
             f"(b) worker: {first.describe()}; "
-            f"{100 * first.rate / raw_rate:.1f} % of the raw consumer, {100 * first.rate / db_rate:.1f} % of the raw insert"
+            f"{100 * first.rate / raw_rate:.1f} % of the raw consumer, {100 * first.rate / db_rate:.1f} % of the raw insert, "
+            f"{100 * first.rate / floor:.1f} % of the floor pipeline"
         )
         ok_sum = billable + over_cap == expected_total and calls == unique
         say(

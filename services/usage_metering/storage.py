@@ -91,6 +91,16 @@ MeterKey = tuple[str, date]
 METERING_LOCK = 7240002
 
 
+# $1: a JSON array of [account id, call id, cost, cycle start]; returns the indexes of those recorded before.
+CLAIM_CALLS = (
+    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, i - 1 as i "
+    "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
+    "fresh as (insert into calls (account_id, call_id, cost, cycle_start) select a, c, k, s from given "
+    "on conflict do nothing returning account_id, call_id) "
+    "select i from given where not exists (select from fresh where account_id = a and call_id = c)"
+)
+
+
 def _json(rows: list[Any]) -> str:
     """Many rows as one JSON parameter: far cheaper to send than arrays of Decimals and dates
     (callers pass strings for those: ``str`` on each is cheaper than a ``default`` callback)."""
@@ -148,12 +158,7 @@ class MeterStore:
         if not rows:
             return []
         repeats = await (await self._driver()).fetch(
-            "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, i - 1 as i "
-            "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
-            "fresh as (insert into calls (account_id, call_id, cost, cycle_start) select a, c, k, s from given "
-            "on conflict do nothing returning account_id, call_id) "
-            "select i from given where not exists (select from fresh where account_id = a and call_id = c)",
-            _json([(a, c, str(k), str(s)) for a, c, k, s in rows]),
+            CLAIM_CALLS, _json([(a, c, str(k), str(s)) for a, c, k, s in rows])
         )
         return [r[0] for r in repeats]
 
