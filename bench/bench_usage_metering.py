@@ -6,8 +6,9 @@
 2. (a) raw limits, same run: a bare aiokafka consumer (``getmany`` + ``json.loads``, nothing else)
    reading exactly that range, and a bare asyncpg set-based insert of the same rows; then the
    floor pipeline: as many bare processes as replicas, reading the range and recording the calls
-   with metering's own deduplicating insert, nothing else (bench/floor_pipeline.py). What it
-   reaches is the most any implementation of the service could reach with these tables here.
+   with metering's own deduplicating insert, nothing else (bench/floor_pipeline.py), once with
+   ``json.loads`` and once validating each call against the contract's model. What they reach
+   is the most any implementation of the service could reach with these tables here.
 3. (b) starts the worker with the group's offsets at the start of the range and times it until
    the ``usage-metering`` group has committed the end of the range; checks the accrual.
 4. (c) replay: stops the worker, rewinds the group to the start of the range, lets it process
@@ -296,10 +297,16 @@ async def raw_insert_rate(stack: Stack, fill: Fill, batch: int = 5000) -> tuple[
 
 
 async def floor_rate(
-    stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int], processes: int, timeout: float
+    stack: Stack,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+    processes: int,
+    contract: bool,
+    timeout: float,
 ) -> tuple[int, float, float]:
     """(records, seconds, process CPU seconds) for ``processes`` bare processes reading the range
-    and recording the calls with metering's deduplicating insert, nothing else (bench/floor_pipeline.py)."""
+    and recording the calls with metering's deduplicating insert, nothing else (bench/floor_pipeline.py);
+    ``contract``: each call validated against the contract's model, as the service reads it."""
     conn = await connect(stack, "bench_raw")  # created by raw_insert_rate
     try:
         await conn.execute(floor_pipeline.CREATE_TABLE)
@@ -319,6 +326,7 @@ async def floor_rate(
                 stack.bootstrap,
                 CALLS,
                 json.dumps(ranges),
+                *(["contract"] if contract else []),
                 stdout=asyncio.subprocess.PIPE,
             )
         )
@@ -514,8 +522,9 @@ async def alert_latency(
             armed_ids.append(candidate)
     background_ids = [f"{prefix}-bg{i:06d}" for i in range(background)]
     say(
-        f"(d) alert latency: {total:,} calls at {rate:,}/s for {seconds:.0f} s after a {warmup:g}-s warm-up at that "
-        f"rate; {armed} threshold crossings ({crossings}/s) on armed accounts, the rest on {background:,} background accounts"
+        f"(d) alert latency: {total:,} calls at {rate:,}/s for {seconds:.0f} s "
+        f"{f'after a {warmup:g}-s warm-up at that rate' if warming else '(no warm-up)'}; {armed} threshold crossings "
+        f"({crossings}/s) on armed accounts, the rest on {background:,} background accounts"
     )
     lo, hi = prefix_bounds(prefix)
     kafka = producer(stack)
@@ -648,11 +657,11 @@ async def alert_latency(
         await kafka.stop()
     lag = sorted(sent.send_lag[warming:])
     say(
-        f"   sender: {sent.sent:,} calls in {sent.duration:.1f} s ({sent.sent / sent.duration:,.0f}/s, warm-up "
-        f"included), errors {sent.errors}; after the warm-up: sender lag p99 {1000 * percentile(lag, 99):.1f} ms, "
-        f"max {1000 * lag[-1]:.1f} ms"
+        f"   sender: {sent.sent:,} calls in {sent.duration:.1f} s ({sent.sent / sent.duration:,.0f}/s"
+        f"{', warm-up included' if warming else ''}), errors {sent.errors}; measured part: sender lag p99 "
+        f"{1000 * percentile(lag, 99):.1f} ms, max {1000 * lag[-1]:.1f} ms"
     )
-    say(f"   worker backlog on {CALLS} after the warm-up (sampled every 0.2 s): {backlog.summary()}")
+    say(f"   worker backlog on {CALLS} in the measured part (sampled every 0.2 s): {backlog.summary()}")
     say(f"   worker committed the last call {drained:.2f} s after the last send")
     say(f"   transport floor (crossing call intended send -> a bare consumer has it): {latency_line(transport)}")
     say(f"   alert latency (crossing call intended send -> alert arrival): {latency_line(latencies)}")
@@ -760,14 +769,17 @@ async def main() -> int:
             f"(a) raw asyncpg set-based insert (5,000-row unnest, on conflict, returning): {len(fill.raw_accounts):,} rows "
             f"({db_n:,} new) in {db_s:.2f} s = {db_rate:,.0f} rows/s"
         )
-        with sampler.phase(f"(a) floor pipeline, {REPLICAS} processes"):
-            floor_n, floor_s, floor_cpu = await floor_rate(stack, starts, ends, REPLICAS, args.timeout)
-        floor = floor_n / floor_s
-        say(
-            f"(a) floor pipeline ({REPLICAS} bare processes: getmany + json.loads + metering's deduplicating insert, "
-            f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floor:,.0f} events/s = {100 * floor / raw_rate:.1f} % "
-            f"of the raw consumer; their own CPU {1e6 * floor_cpu / floor_n:.1f} µs an event"
-        )
+        floors = {}
+        for contract, what in ((False, "json.loads"), (True, "the contract's validation")):
+            with sampler.phase(f"(a) floor pipeline with {what}, {REPLICAS} processes"):
+                floor_n, floor_s, floor_cpu = await floor_rate(stack, starts, ends, REPLICAS, contract, args.timeout)
+            floors[contract] = floor_n / floor_s
+            say(
+                f"(a) floor pipeline ({REPLICAS} bare processes: getmany + {what} + metering's deduplicating insert, "
+                f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floors[contract]:,.0f} events/s = "
+                f"{100 * floors[contract] / raw_rate:.1f} % of the raw consumer; their own CPU "
+                f"{1e6 * floor_cpu / floor_n:.1f} µs an event"
+            )
         expected_total = Decimal(fill.total_micros) / 1_000_000
         unique = fill.unique
         del fill  # ~1 GB of Python objects: free them before the worker runs (and before the GC-quiet phases)
@@ -780,7 +792,7 @@ async def main() -> int:
         say(
             f"(b) worker: {first.describe()}; "
             f"{100 * first.rate / raw_rate:.1f} % of the raw consumer, {100 * first.rate / db_rate:.1f} % of the raw insert, "
-            f"{100 * first.rate / floor:.1f} % of the floor pipeline"
+            f"{100 * first.rate / floors[True]:.1f} % of the floor pipeline with the contract's validation"
         )
         ok_sum = billable + over_cap == expected_total and calls == unique
         say(

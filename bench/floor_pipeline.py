@@ -3,14 +3,18 @@
 A bare process reads its share of the ``usage.calls`` partitions (``getmany``, ``json.loads``),
 records each batch's calls with the service's own deduplicating insert (the statement of
 ``MeterStore.claim_calls``, into a table of the same shape in the ``bench_raw`` database), commits
-that transaction, then the offsets. Nothing else: no contract validation, no accounts or cycles
-(the cycle is the call's month: the benchmark's accounts bill on day 1), no meters, alerts,
-outbox or framework. As many processes run at once as the service has replicas, on the same
-broker and PostgreSQL, so the rate they reach together is what any implementation of the
-service could reach at most with this database design on this machine.
+that transaction, then the offsets. Nothing else: no accounts or cycles (the cycle is the call's
+month: the benchmark's accounts bill on day 1), no meters, alerts, outbox or framework. As many
+processes run at once as the service has replicas, on the same broker and PostgreSQL, so the
+rate they reach together is what any implementation of the service could reach at most with
+this database design on this machine.
 
-Run as a child: ``python -m bench.floor_pipeline DSN BOOTSTRAP TOPIC RANGES`` (RANGES: JSON
-``{partition: [start, end]}``); prints one JSON line: records, first and last batch times, CPU.
+With ``contract``, each batch is read as the service reads it instead of with ``json.loads``:
+validated against the contract's ``CallCharged`` model, the batch's records joined into one JSON
+array and parsed in one call. That is the least a service must do with an event it is given.
+
+Run as a child: ``python -m bench.floor_pipeline DSN BOOTSTRAP TOPIC RANGES [contract]`` (RANGES:
+JSON ``{partition: [start, end]}``); prints one JSON line: records, first and last batch times, CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import time
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import TypeAdapter
 
+from contracts.messages import CallCharged
 from services.usage_metering.storage import CLAIM_CALLS
 
 TABLE = "floor_calls"
@@ -33,9 +39,26 @@ CREATE_TABLE = (
 )
 FLOOR_CLAIM = CLAIM_CALLS.replace("insert into calls ", f"insert into {TABLE} ")
 assert FLOOR_CLAIM != CLAIM_CALLS, "metering's claim statement changed: update the floor's copy"
+CALLS = TypeAdapter(list[CallCharged])
 
 
-async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int, int]]) -> dict[str, float]:
+def _rows_decoded(values: list[bytes]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for value in values:
+        call = json.loads(value)
+        rows.append((call["account_id"], call["call_id"], call["cost"], call["occurred_at"][:8] + "01"))
+    return rows
+
+
+def _rows_validated(values: list[bytes]) -> list[tuple[str, str, str, str]]:
+    calls = CALLS.validate_json(b"[" + b"\n,".join(values) + b"]")
+    return [(c.account_id, c.call_id, str(c.cost), str(c.business_date.replace(day=1))) for c in calls]
+
+
+async def run(
+    dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int, int]], contract: bool
+) -> dict[str, float]:
+    rows_of = _rows_validated if contract else _rows_decoded
     gc.collect()
     gc.freeze()
     gc.set_threshold(200_000, 20, 100)  # as a metering worker
@@ -57,16 +80,15 @@ async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int,
                 continue
             if not first:
                 first, cpu_start = time.time(), time.process_time()
-            rows, offsets = [], {}
+            values: list[bytes] = []
+            offsets: dict[TopicPartition, int] = {}
             for tp, records in fetched.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        call = json.loads(record.value)
-                        rows.append((call["account_id"], call["call_id"], call["cost"], call["occurred_at"][:8] + "01"))
+                values.extend(record.value for record in records if record.offset < ends[tp])
                 offsets[tp] = records[-1].offset + 1
                 if offsets[tp] >= ends[tp]:
                     left.discard(tp)
                     consumer.pause(tp)
+            rows = rows_of(values)
             async with conn.transaction():
                 await conn.fetch(FLOOR_CLAIM, json.dumps(rows, separators=(",", ":")))
             await consumer.commit(offsets)
@@ -79,8 +101,9 @@ async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int,
 
 def main() -> None:
     dsn, bootstrap, topic, ranges = sys.argv[1:5]
+    contract = sys.argv[5:] == ["contract"]
     parsed = {int(p): (int(se[0]), int(se[1])) for p, se in json.loads(ranges).items()}
-    print(json.dumps(asyncio.run(run(dsn, bootstrap, topic, parsed))), flush=True)
+    print(json.dumps(asyncio.run(run(dsn, bootstrap, topic, parsed, contract))), flush=True)
 
 
 if __name__ == "__main__":
