@@ -344,7 +344,8 @@ async def floor_rate(
         await conn.execute(f"truncate {floor_pipeline.TABLE}")
     finally:
         await conn.close()
-    span = max(r["last"] for r in results) - min(r["first"] for r in results)
+    timed = [r for r in results if r["records"]] or results  # a process whose partitions held nothing has no times
+    span = max(r["last"] for r in timed) - min(r["first"] for r in timed)
     return sum(r["records"] for r in results), span, sum(r["cpu"] for r in results)
 
 
