@@ -527,7 +527,8 @@ async def alert_latency(
         f"{f'after a {warmup:g}-s warm-up at that rate' if warming else '(no warm-up)'}; {armed} threshold crossings "
         f"({crossings}/s) on armed accounts, the rest on {background:,} background accounts"
     )
-    lo, hi = prefix_bounds(prefix)
+    # (d)'s own accounts only ("-ar..." and "-bg..."; the run's (b) accounts "-00000"... sort before them).
+    lo, hi = f"{prefix}-ar", f"{prefix}-bg~"
     kafka = producer(stack)
     await kafka.start()
     try:
@@ -542,7 +543,7 @@ async def alert_latency(
         try:
             await wait_for(
                 lambda: _count_is(
-                    conn, "select count(*) from accounts where account_id between $1 and $2", lo, hi, len(ids) + 0
+                    conn, "select count(*) from accounts where account_id between $1 and $2", lo, hi, len(ids)
                 ),
                 timeout,
                 "(d) the worker to open the fresh accounts",
