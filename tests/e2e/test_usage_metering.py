@@ -190,6 +190,35 @@ async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(stack
     assert thresholds == [50, 80, 100]
 
 
+async def test_a_batch_reads_its_accounts_by_key_not_by_scanning_them_all(dbs) -> None:
+    """A batch of calls reads the accounts it names. With the ids unpacked from JSON in a join,
+    the planner (guessing 100 ids) hashed the whole accounts table for every batch, however
+    small, up to tables of tens of thousands of accounts (~1.3 ms a batch at 14,000): each
+    account must be a primary-key lookup, in the plan PostgreSQL picks for the first executions
+    and in the one it caches after. On a table of that size (a temporary one of the same shape,
+    so the test database's own accounts do not matter), rolled back."""
+    import json
+
+    from services.usage_metering.storage import ACCOUNTS_BY_ID
+    from shared.db import driver_connection, make_sessions
+
+    async with make_sessions(dbs["usage_metering"])() as session:
+        conn = await driver_connection(session)
+        await conn.execute("create temporary table accounts (like accounts including all) on commit drop")
+        await conn.execute(
+            "insert into pg_temp.accounts select 'plan-' || i, 1, 250.00, date '2026-11-01', date '2026-12-01' "
+            "from generate_series(1, 14000) i"
+        )
+        await conn.execute("analyze pg_temp.accounts")
+        ids = ["plan-7", "plan-70", "plan-700"]
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            await conn.execute(f"set local plan_cache_mode = {mode}")
+            plan = json.dumps(await conn.fetchval("explain (format json) " + ACCOUNTS_BY_ID, ids))
+            assert "Seq Scan" not in plan and "Index" in plan, (mode, plan)
+            assert [r[0] for r in await conn.fetch(ACCOUNTS_BY_ID, ids)] == sorted(ids)
+        await session.rollback()
+
+
 async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_collector(stack: Bus, dbs) -> None:
     """A batch's objects are freed by reference counting when it ends; a collector pass in the
     middle of it would only walk them (20-30 ms each, finding nothing) while the batch holds its
