@@ -155,10 +155,11 @@ class MeterStore:
         return await driver_connection(self.session)
 
     async def share_metering(self) -> None:
-        await self.session.execute(sa.text("select pg_advisory_xact_lock_shared(:k)"), {"k": METERING_LOCK})
+        # On the driver, without parameters: a simple query, no statement to prepare or bind.
+        await (await self._driver()).execute(f"select pg_advisory_xact_lock_shared({METERING_LOCK})")
 
     async def own_metering(self) -> None:
-        await self.session.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": METERING_LOCK})
+        await (await self._driver()).execute(f"select pg_advisory_xact_lock({METERING_LOCK})")
 
     async def open_account(self, account_id: str, billing_day: int, cap: Decimal, first: Cycle) -> None:
         await self.session.execute(
