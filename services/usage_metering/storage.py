@@ -99,7 +99,7 @@ ACCOUNTS_BY_ID = (
 # A batch's meters, read and written by primary key whatever the batch's size. Joined with keys
 # unpacked from JSON, the planner guesses 100 keys and, on tables of up to some 15,000 meters,
 # finds hashing the whole table cheaper: in the alert phase of the benchmark (60-call batches,
-# 14,000 meters) the read took 1.9 ms and the write 3.2 ms a batch instead of ~0.3 and ~0.5, and
+# 14,000 meters) the read took 1.9 ms and the write 3.2 ms a batch instead of ~0.4 and ~0.6, and
 # a primary-key lookup per key is as fast as the hash even for 4,000 keys (docs/benchmarks.md).
 # $1: a JSON array of [account id, cycle start]. ``offset 0`` keeps the lateral subquery a lookup
 # per key (without it the planner folds it into a join and may hash again).

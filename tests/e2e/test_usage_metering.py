@@ -229,7 +229,7 @@ async def test_a_batch_reads_and_writes_its_meters_by_key_not_by_scanning_them_a
     """Like the accounts: each of a batch's meters is a primary-key lookup when read and when
     written, in the first plans and the cached one. Joined with keys unpacked from JSON, the
     planner guessed 100 keys and hashed the whole meters table up to ~15,000 meters (1.9 ms to
-    read and 3.2 ms to write 60 meters in the benchmark's alert phase, instead of ~0.3 and ~0.5).
+    read and 3.2 ms to write 60 meters in the benchmark's alert phase, instead of ~0.4 and ~0.6).
     On a temporary table of 10,000 meters of the same shape, rolled back."""
     import json
 
