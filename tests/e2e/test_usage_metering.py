@@ -196,6 +196,14 @@ async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(
     assert thresholds == [50, 80, 100]
 
 
+async def _shadowed(conn, table: str, rows: str) -> None:
+    """A temporary table of ``table``'s shape that hides it for this transaction (dropped at commit),
+    filled with ``rows`` and analysed: the plans then do not depend on the test database's data."""
+    await conn.execute(f"create temporary table {table} (like {table} including all) on commit drop")
+    await conn.execute(f"insert into pg_temp.{table} {rows}")
+    await conn.execute(f"analyze pg_temp.{table}")
+
+
 async def test_a_batch_reads_its_accounts_by_key_not_by_scanning_them_all(dbs) -> None:
     """A batch of calls reads the accounts it names. With the ids unpacked from JSON in a join,
     the planner (guessing 100 ids) hashed the whole accounts table for every batch, however
@@ -210,12 +218,11 @@ async def test_a_batch_reads_its_accounts_by_key_not_by_scanning_them_all(dbs) -
 
     async with make_sessions(dbs["usage_metering"])() as session:
         conn = await driver_connection(session)
-        await conn.execute("create temporary table accounts (like accounts including all) on commit drop")
-        await conn.execute(
-            "insert into pg_temp.accounts select 'plan-' || i, 1, 250.00, date '2026-11-01', date '2026-12-01' "
-            "from generate_series(1, 14000) i"
+        await _shadowed(
+            conn,
+            "accounts",
+            "select 'plan-' || i, 1, 250.00, date '2026-11-01', date '2026-12-01' from generate_series(1, 14000) i",
         )
-        await conn.execute("analyze pg_temp.accounts")
         ids = ["plan-7", "plan-70", "plan-700"]
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"set local plan_cache_mode = {mode}")
@@ -238,12 +245,12 @@ async def test_a_batch_reads_and_writes_its_meters_by_key_not_by_scanning_them_a
 
     async with make_sessions(dbs["usage_metering"])() as session:
         conn = await driver_connection(session)
-        await conn.execute("create temporary table meters (like meters including all) on commit drop")
-        await conn.execute(
-            "insert into pg_temp.meters select 'plan-' || i, date '2026-11-01', date '2026-12-01', 250.00, "
-            "i % 200, 0, 0, false, 0, 3 from generate_series(1, 10000) i"
+        await _shadowed(
+            conn,
+            "meters",
+            "select 'plan-' || i, date '2026-11-01', date '2026-12-01', 250.00, i % 200, 0, 0, false, 0, 3 "
+            "from generate_series(1, 10000) i",
         )
-        await conn.execute("analyze pg_temp.meters")
         keys = [["plan-7", "2026-11-01"], ["plan-70", "2026-11-01"], ["plan-700", "2026-11-01"]]
         written = [[a, s, "2026-12-01", "250.00", "1.50", "0", 0, False, "0", 4] for a, s in keys]
         for mode in ("force_custom_plan", "force_generic_plan"):
