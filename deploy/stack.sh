@@ -150,9 +150,8 @@ share.coordinator.state.topic.min.isr=1
 
 # Consumers in tests should get their assignment immediately, not after the 3 s default delay.
 group.initial.rebalance.delay.ms=0
-# Kafka 4's group coordinator holds offset commits up to 5 ms to batch them; the workers commit
-# after every batch and wait for it before fetching the next, so that wait is added to every
-# command's latency. Flush at once.
+# Kafka 4's group coordinator holds offset commits up to 5 ms to batch them; a consumer has one
+# commit in flight at a time, so that hold delays every later commit. Flush at once.
 group.coordinator.append.linger.ms=0
 
 # After a SIGKILL the restarted broker cannot re-register until the controller expires the old incarnation's

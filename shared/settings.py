@@ -42,9 +42,8 @@ class ServiceSettings(BaseSettings):
     # so a record arriving on such a partition waits for that fetch to come back: this bounds it.
     fetch_max_wait_ms: int = 100
     # Kafka consumers (of one group) per subscription in this process; they share its partitions,
-    # and while one waits for PostgreSQL (a round trip, a WAL flush) the other processes its batch.
-    # Two: a 100,000-account cycle close in 49.5-59.1 s instead of 64-71 s; license orders at
-    # 200 commands/s p99 24.9 ms instead of 34.2 ms on the same stack (docs/benchmarks.md).
+    # and while one waits for PostgreSQL (a round trip, a WAL flush) the other processes its batch
+    # (docs/architecture.md, Decisions).
     consumers_per_subscription: int = Field(default=2, ge=1)
     # Offsets are committed after the batch's transaction, at most this often (0: after every batch).
     offset_commit_interval_ms: int = 100

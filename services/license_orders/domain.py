@@ -1,7 +1,7 @@
 """License rules as pure functions (no I/O): balances, proration, removals, seats, roles.
 
 Rules: ``shared/spec/domain.md`` (Licenses). Decisions this module adds, documented in
-``docs/license-orders.md``: a purchase or removal whose business date falls in a cycle that
+``docs/architecture.md`` and ``docs/cycle-close.md``: a purchase or removal whose business date falls in a cycle that
 is already sealed is "late": its charge runs from its date across every already-billed cycle
 up to the end of the open cycle, so each license-day is still billed exactly once.
 """

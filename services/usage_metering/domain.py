@@ -1,6 +1,6 @@
 """Calling-credit rules as pure functions (no I/O): accrual up to the cap, alerts, blocking, cap changes.
 
-Rules: ``shared/spec/domain.md`` (Calling credits). Decisions added here (``docs/usage-metering.md``):
+Rules: ``shared/spec/domain.md`` (Calling credits). Decisions added here (``docs/architecture.md``):
 - accrual is kept exact (up to 6 decimal places); the invoice rounds half-up to the cent;
 - lowering the cap below what is already accrued does not un-bill calls made under the old
   cap: the accrual stays, calling is blocked at once and the crossed thresholds alert;

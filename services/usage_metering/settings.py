@@ -15,12 +15,10 @@ class Settings(ServiceSettings):
     # so at moderate rates a batch holds more than a handful of calls (fewer transactions).
     calls_fetch_min_bytes: int = Field(default=256 * 1024, ge=1)
     calls_linger_ms: int = Field(default=10, ge=1)
-    # One consumer of usage.calls per process: its batches are twice as full as with two, which
-    # costs less per call (at 12,000 calls/s: alert p50 32 ms against 82 ms, machine 167 % against 192 %).
+    # One consumer of usage.calls per process: its batches are twice as full as with two, and a
+    # batch's cost is mostly fixed (docs/architecture.md, Decisions).
     calls_consumers: int = Field(default=1, ge=1)
     # While a full batch of 5,000 calls is fetched and handled, a worker allocates more than 100,000
     # container objects beyond those it frees; all are freed by reference counting when the batch
-    # ends, so a young collection in between only walks them (20-30 ms, nothing found). At 50,000
-    # each replica ran 5-18 such passes per run at full rate, at 100,000 five, at 200,000 none:
-    # 51,203 calls/s against 41,718-47,185 at 50,000 (docs/benchmarks.md, runs of 15:11).
+    # ends, so a young collection in between only walks them (docs/architecture.md, Decisions).
     gc_young_threshold: int = Field(default=200_000, ge=0)

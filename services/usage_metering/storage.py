@@ -96,11 +96,9 @@ ACCOUNTS_BY_ID = (
     "select account_id, billing_day, cap, open_cycle_start, open_cycle_end from accounts "
     "where account_id = any($1::text[]) order by account_id"
 )
-# A batch's meters, read and written by primary key whatever the batch's size. Joined with keys
-# unpacked from JSON, the planner guesses 100 keys and, on tables of up to some 15,000 meters,
-# finds hashing the whole table cheaper: in the alert phase of the benchmark (60-call batches,
-# 14,000 meters) the read took 1.9 ms and the write 3.2 ms a batch instead of ~0.4 and ~0.6, and
-# a primary-key lookup per key is as fast as the hash even for 4,000 keys (docs/benchmarks.md).
+# A batch's meters, read and written by primary key whatever the batch's size: joined with keys
+# unpacked from JSON, the planner guesses 100 keys and hashes the whole table of up to some 15,000
+# meters, while a lookup per key is as fast as the hash even for 4,000 keys (docs/architecture.md, Decisions).
 # $1: a JSON array of [account id, cycle start]. ``offset 0`` keeps the lateral subquery a lookup
 # per key (without it the planner folds it into a join and may hash again).
 METERS_BY_KEY = (
@@ -172,10 +170,9 @@ class MeterStore:
     async def accounts(self, account_ids: Iterable[str], lock: bool = False) -> dict[str, Account]:
         """The accounts (``lock``: for update, in id order).
 
-        ``= any(array)``, not a join with the ids unpacked from JSON: the planner guessed 100 ids
-        for such a join and hashed the whole table for every batch, however small, up to tables
-        of tens of thousands of accounts (~1.3 ms a batch at 14,000); with an array it looks up
-        each id in the primary key (0.4 ms for 70 ids, the same as before for 4,000)."""
+        ``= any(array)``, not a join with the ids unpacked from JSON: for such a join the planner
+        guesses 100 ids and hashes the whole table for every batch, however small; with an array
+        it looks up each id in the primary key (docs/architecture.md, Decisions)."""
         rows = await (await self._driver()).fetch(ACCOUNTS_BY_ID + (" for update" if lock else ""), list(account_ids))
         return {r[0]: Account(r[0], r[1], r[2], Cycle(r[3], r[4])) for r in rows}
 

@@ -1,8 +1,8 @@
 """Committing a consumer's offsets after the batch's transaction, without holding up the next batch.
 
-The worker's loop used to wait for each offset commit (a broker round trip, 1-3 ms here) before
-it fetched the next batch, which at low rates was a third of every cycle. Now a batch's offsets
-are handed to an ``OffsetCommitter`` once its transaction has committed, and the loop moves on:
+Waiting for each offset commit (a broker round trip) before the next fetch would be a large
+share of every cycle at low rates. So a batch's offsets are handed to an ``OffsetCommitter``
+once its transaction has committed, and the loop moves on:
 
 - at most one commit is in flight per consumer; batches finished meanwhile are covered by the
   next commit (the highest processed offset per partition), so a fast loop sends fewer commits;

@@ -102,9 +102,9 @@ def tune_garbage_collector(young_threshold: int) -> None:
     """What exists at start-up (modules, the app, pools) lives as long as the process: collected
     once, then frozen, the cyclic collector never walks it again. And a batch of thousands of
     messages is garbage by reference counting alone (no cycles: see ``_records_and_consumer``),
-    so the collector need not run every 700 allocations: with Python's defaults it took about a
-    quarter of metering's time at full rate, in full collections of the records aiokafka holds
-    ahead (docs/benchmarks.md). ``young_threshold`` should exceed what one batch holds at once.
+    so the collector need not run every 700 allocations: with Python's defaults it keeps walking
+    the records aiokafka holds ahead (docs/architecture.md, Decisions). ``young_threshold`` should
+    exceed what one batch holds at once.
     The older generations are collected after 20 young and 100 middle collections (Python: 10
     and 10). 0 keeps Python's thresholds."""
     gc.collect()
