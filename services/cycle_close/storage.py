@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts import messages as m
 from services.cycle_close.domain import DeviceOrder
 from shared.cycles import Cycle
+from shared.runtime.tables import declare_runtime_tables
 
 metadata = sa.MetaData()
+declare_runtime_tables(metadata)
 
 accounts = sa.Table(
     "billing_accounts",

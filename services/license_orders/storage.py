@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.license_orders.domain import Balance, PurchaseQuote
 from shared.cycles import Cycle
 from shared.db import driver_connection, execute, fetchrow
+from shared.runtime.tables import declare_runtime_tables
 
 metadata = sa.MetaData()
+declare_runtime_tables(metadata)
 
 accounts = sa.Table(
     "accounts",

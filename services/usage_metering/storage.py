@@ -16,8 +16,10 @@ from services.usage_metering.domain import THRESHOLDS, Meter
 from shared.cycles import Cycle
 from shared.db import driver_connection
 from shared.runtime import ConcurrentUpdate
+from shared.runtime.tables import declare_runtime_tables
 
 metadata = sa.MetaData()
+declare_runtime_tables(metadata)
 
 accounts = sa.Table(
     "accounts",

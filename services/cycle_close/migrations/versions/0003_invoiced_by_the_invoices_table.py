@@ -15,8 +15,7 @@ down_revision = "0002"
 
 
 def upgrade() -> None:
-    # A database created from scratch never had the column: 0001 creates the tables from storage.py.
-    op.execute("alter table cycle_closes drop column if exists invoice_id")
+    op.drop_column("cycle_closes", "invoice_id")
 
 
 def downgrade() -> None:

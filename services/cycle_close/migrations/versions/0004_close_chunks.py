@@ -4,6 +4,7 @@ Revision ID: 0004
 Revises: 0003
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
@@ -11,13 +12,14 @@ down_revision = "0003"
 
 
 def upgrade() -> None:
-    # A database created from scratch has the table already: 0001 creates the tables from storage.py.
-    op.execute(
-        "create table if not exists close_chunks (message_id uuid primary key, trigger_id uuid not null, "
-        "finished boolean not null)"
+    op.create_table(
+        "close_chunks",
+        sa.Column("message_id", sa.Uuid, primary_key=True),
+        sa.Column("trigger_id", sa.Uuid, nullable=False),
+        sa.Column("finished", sa.Boolean, nullable=False),
+        sa.Index("close_chunks_by_trigger", "trigger_id"),
     )
-    op.execute("create index if not exists close_chunks_by_trigger on close_chunks (trigger_id)")
 
 
 def downgrade() -> None:
-    op.execute("drop table if exists close_chunks")
+    op.drop_table("close_chunks")

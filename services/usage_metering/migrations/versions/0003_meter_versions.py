@@ -5,6 +5,7 @@ Revision ID: 0003
 Revises: 0002
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
@@ -12,7 +13,6 @@ down_revision = "0002"
 
 
 def upgrade() -> None:
-    # "if not exists": revision 0001 creates the tables from storage.py, which has the column now.
-    op.execute("alter table meters add column if not exists version integer not null default 0")
+    op.add_column("meters", sa.Column("version", sa.Integer, nullable=False, server_default="0"))
     # Meters are updated far more often than inserted: leave room on each page for in-place updates.
     op.execute("alter table meters set (fillfactor = 70)")
