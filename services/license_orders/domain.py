@@ -211,6 +211,25 @@ def seal(balance: Balance, removing: int, bought_on_or_after_end: int) -> tuple[
     return after, after.purchased - bought_on_or_after_end
 
 
+@dataclass(frozen=True)
+class RecurringCharge:
+    """What the licenses of a product kept into a cycle cost for that whole cycle."""
+
+    product: str
+    quantity: int
+    unit_price: Decimal
+    period: Cycle
+
+    @property
+    def amount(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+def recurring_charge(product: str, kept: int, unit_price: Decimal, period: Cycle) -> RecurringCharge | None:
+    """The recurring charge for ``kept`` licenses in ``period``; none when no license is kept."""
+    return RecurringCharge(product, kept, unit_price, period) if kept > 0 else None
+
+
 def check_quantity(quantity: int) -> None:
     if not 1 <= quantity <= 10_000:
         raise Rejected("invalid_quantity", f"quantity must be between 1 and 10000, got {quantity}")

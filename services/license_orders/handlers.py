@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contracts import messages as m
-from contracts.topics import BILLING_CYCLES, LICENSING_EVENTS
+from contracts.topics import LICENSING_EVENTS
 from services.license_orders import domain
 from services.license_orders.storage import Account, CommandState, LicenseStore
-from shared.cycles import Cycle, cycle_containing, next_cycle
+from shared.cycles import cycle_containing, next_cycle
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
-from shared.runtime.processor import one_per_account
+from shared.runtime.seals import Seals
+from shared.runtime.seals import seal_cycles as seal_protocol
 
 registry = HandlerRegistry()
 EVENTS = LICENSING_EVENTS.name
@@ -163,41 +164,20 @@ async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
 async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     """Answer cycle close with each cycle's license charges and apply its removals, exactly once,
     set-based: one round per batch in which every account appears once (catch-ups take more)."""
-    for round_ in one_per_account(requests):
-        await _seal_round(unit, round_)
-
-
-async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     store = LicenseStore(unit.session)
-    ids = sorted(r.account_id for r in requests)
-    accounts = await store.accounts_for_seal(ids)
-    for account_id in [a for a in ids if a not in accounts]:
-        await unit.lock_account(account_id)  # opening right now? wait for it, then look again
-        accounts |= await store.accounts_for_seal([account_id])
-    already = await store.sealed_events([(r.account_id, r.cycle_start) for r in requests])
-    todo: list[tuple[m.BillingCycleClosing, Account]] = []
-    for request in requests:
-        account = accounts.get(request.account_id)
-        if account is None:
-            await unit.park(BILLING_CYCLES.name, request)  # until its AccountOpened arrives
-        elif (request.account_id, request.cycle_start) in already:  # asked again: answer the same
-            event = already[(request.account_id, request.cycle_start)]
-            unit.outbox.append(
-                (m.LicenseCycleSealed.model_validate_json(event).message_id, EVENTS, request.account_id, event)
-            )
-        elif Cycle(request.cycle_start, request.cycle_end) != account.open_cycle:
-            raise ValueError(f"asked to seal {request.cycle_start} of {request.account_id}; open: {account.open_cycle}")
-        else:
-            todo.append((request, account))
-    if not todo:
-        return
+    await seal_protocol(
+        unit, requests, answers_to=EVENTS, ledger=store.seals, find_accounts=store.accounts_for_seal, seal=_seal
+    )
 
+
+async def _seal(seals: Seals[Account]) -> None:
+    unit, todo = seals.unit, seals.todo
+    store = LicenseStore(unit.session)
     due, later, balances, prices = await store.seal_inputs([(r.account_id, r.cycle_end) for r, _ in todo])
     changed: dict[tuple[str, str], domain.Balance] = {}
     recurring: dict[str, list[m.RecurringCharge]] = {}
     following = {a.account_id: next_cycle(a.billing_day, a.open_cycle) for _, a in todo}
     for request, account in todo:
-        nxt = following[account.account_id]
         for product in m.PRODUCTS:
             key = (account.account_id, product)
             if key not in balances:
@@ -216,23 +196,22 @@ async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None
                         balance=_balance(after),
                     ),
                 )
-            if kept > 0:
-                price = prices[key]
+            charge = domain.recurring_charge(product, kept, prices[key], following[account.account_id])
+            if charge is not None:
                 recurring.setdefault(account.account_id, []).append(
                     m.RecurringCharge(
                         product=product,
-                        quantity=kept,
-                        unit_price=price,
-                        amount=price * kept,
-                        period_start=nxt.start,
-                        period_end=nxt.end,
+                        quantity=charge.quantity,
+                        unit_price=charge.unit_price,
+                        amount=charge.amount,
+                        period_start=charge.period.start,
+                        period_end=charge.period.end,
                     )
                 )
     await store.save_balances(changed)
     sealed_prorations = await store.finish_seals(
         [(a.account_id, a.open_cycle, following[a.account_id]) for _, a in todo]
     )
-    seals = []
     for request, account in todo:
         sealed = m.LicenseCycleSealed.caused_by(
             request,
@@ -253,6 +232,4 @@ async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None
                 for row in sealed_prorations.get(account.account_id, [])
             ],
         )
-        seals.append((account.account_id, request.cycle_start, sealed.model_dump_json().encode()))
-        unit.emit(EVENTS, sealed)
-    await store.record_seals(seals)
+        seals.send(sealed, request.cycle_start)

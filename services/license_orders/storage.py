@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.license_orders.domain import Balance, PurchaseQuote
 from shared.cycles import Cycle
 from shared.db import driver_connection, execute, fetchrow
+from shared.runtime.seals import SealLedger, declare_seals_table
 from shared.runtime.tables import declare_runtime_tables
 
 metadata = sa.MetaData()
@@ -97,13 +98,7 @@ account_prices = sa.Table(
     sa.Column("product", sa.Text, primary_key=True),
     sa.Column("unit_price", sa.Numeric(12, 2), nullable=False),
 )
-sealed_cycles = sa.Table(
-    "sealed_cycles",
-    metadata,
-    sa.Column("account_id", sa.Text, primary_key=True),
-    sa.Column("cycle_start", sa.Date, primary_key=True),
-    sa.Column("event", sa.LargeBinary, nullable=False, comment="the LicenseCycleSealed sent, re-sent on a repeat"),
-)
+seals = declare_seals_table(metadata)
 
 
 @dataclass(frozen=True)
@@ -144,6 +139,7 @@ COMMAND_STATE = """
 class LicenseStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self.seals = SealLedger(session)
         self._driver: Any = None
 
     async def _db(self) -> Any:
@@ -317,16 +313,6 @@ class LicenseStore:
         )
         return {r[0]: Account(r[0], r[1], Cycle(r[2], r[3])) for r in rows}
 
-    async def sealed_events(self, pairs: list[tuple[str, date]]) -> dict[tuple[str, date], bytes]:
-        rows = await self.session.execute(
-            sa.text(
-                "select s.account_id, s.cycle_start, s.event from sealed_cycles s "
-                "join unnest(cast(:a as text[]), cast(:s as date[])) as k(a, s) on s.account_id = k.a and s.cycle_start = k.s"
-            ),
-            {"a": [a for a, _ in pairs], "s": [d for _, d in pairs]},
-        )
-        return {(r[0], r[1]): r[2] for r in rows}
-
     async def seal_inputs(
         self, ends: list[tuple[str, date]]
     ) -> tuple[
@@ -431,13 +417,3 @@ class LicenseStore:
         for row in sorted(rows.all(), key=lambda r: r.id):
             sealed.setdefault(row.account_id, []).append(row)
         return sealed
-
-    async def record_seals(self, seals: list[tuple[str, date, bytes]]) -> None:
-        if seals:
-            await self.session.execute(
-                sa.text(
-                    "insert into sealed_cycles select * from unnest(cast(:a as text[]), cast(:s as date[]), "
-                    "cast(:e as bytea[]))"
-                ),
-                {"a": [a for a, _, _ in seals], "s": [d for _, d, _ in seals], "e": [e for _, _, e in seals]},
-            )

@@ -7,14 +7,15 @@ from datetime import date
 
 from contracts import messages as m
 from contracts.envelope import Envelope
-from contracts.topics import BILLING_CYCLES, METERING_ALERTS, METERING_USAGE, USAGE_CALLS
+from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.storage import Account, MeterStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
 from shared.runtime import HandlerRegistry, Unit
-from shared.runtime.processor import one_per_account
+from shared.runtime.seals import Seals
+from shared.runtime.seals import seal_cycles as seal_protocol
 
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name
@@ -130,42 +131,26 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
 async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     """Report each cycle's accrual and earlier cycles' late usage; start the next cycle unblocked.
     Set-based: one round per batch in which every account appears once (catch-ups take more)."""
-    for round_ in one_per_account(requests):
-        await _seal_round(unit, round_)
-
-
-async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
     store = MeterStore(unit.session)
     await store.own_metering()
-    ids = sorted(r.account_id for r in requests)
-    accounts = await store.accounts(ids, lock=True)
-    for account_id in [a for a in ids if a not in accounts]:
-        await unit.lock_account(account_id)  # opening right now? wait for it, then look again
-        accounts |= await store.accounts([account_id], lock=True)
-    already = await store.seals([(r.account_id, r.cycle_start) for r in requests])
-    todo: list[tuple[m.BillingCycleClosing, Account]] = []
-    for request in requests:
-        account = accounts.get(request.account_id)
-        if account is None:
-            await unit.park(BILLING_CYCLES.name, request)  # until its AccountOpened arrives
-        elif (request.account_id, request.cycle_start) in already:  # asked again: answer the same
-            event = already[(request.account_id, request.cycle_start)]
-            message_id = m.UsageCycleSealed.model_validate_json(event).message_id
-            unit.outbox.append((message_id, METERING_USAGE.name, request.account_id, event))
-        elif Cycle(request.cycle_start, request.cycle_end) != account.open_cycle:
-            raise ValueError(f"asked to seal {request.cycle_start} of {request.account_id}; open: {account.open_cycle}")
-        else:
-            todo.append((request, account))
-    if not todo:
-        return
 
+    async def find_accounts(account_ids: list[str]) -> dict[str, Account]:
+        return await store.accounts(account_ids, lock=True)
+
+    await seal_protocol(
+        unit, requests, answers_to=METERING_USAGE.name, ledger=store.seals, find_accounts=find_accounts, seal=_seal
+    )
+
+
+async def _seal(seals: Seals[Account]) -> None:
+    unit, todo = seals.unit, seals.todo
+    store = MeterStore(unit.session)
     following = {a.account_id: next_cycle(a.billing_day, a.open_cycle) for _, a in todo}
     meters = await store.meters(
         [(a.account_id, a.open_cycle.start) for _, a in todo] + [(a, c.start) for a, c in following.items()]
     )
     late = await store.late_meters_many([(a.account_id, a.open_cycle.start) for _, a in todo])
     changed: dict[tuple[str, Cycle], domain.Meter] = {}
-    seals = []
     for request, account in todo:
         cycle, nxt = account.open_cycle, following[account.account_id]
         closing = meters.get((account.account_id, cycle.start)) or domain.Meter(cap=account.cap)
@@ -188,9 +173,7 @@ async def _seal_round(unit: Unit, requests: list[m.BillingCycleClosing]) -> None
             over_cap=closing.over_cap,
             late=late_lines,
         )
-        seals.append((account.account_id, cycle.start, sealed.model_dump_json().encode()))
-        unit.emit(METERING_USAGE.name, sealed)
+        seals.send(sealed, cycle.start)
         _emit_alerts(unit, request, nxt, alerts)
     await store.save_meters(changed)
     await store.move_open_cycles([(a.account_id, following[a.account_id]) for _, a in todo])
-    await store.record_seals(seals)

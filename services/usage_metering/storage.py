@@ -16,6 +16,7 @@ from services.usage_metering.domain import THRESHOLDS, Meter
 from shared.cycles import Cycle
 from shared.db import driver_connection
 from shared.runtime import ConcurrentUpdate
+from shared.runtime.seals import SealLedger, declare_seals_table
 from shared.runtime.tables import declare_runtime_tables
 
 metadata = sa.MetaData()
@@ -54,13 +55,7 @@ calls = sa.Table(
     sa.Column("cost", sa.Numeric(20, 6), nullable=False),
     sa.Column("cycle_start", sa.Date, nullable=False),
 )
-seals = sa.Table(
-    "seals",
-    metadata,
-    sa.Column("account_id", sa.Text, primary_key=True),
-    sa.Column("cycle_start", sa.Date, primary_key=True),
-    sa.Column("event", sa.LargeBinary, nullable=False),
-)
+seals = declare_seals_table(metadata)
 
 BITS = {percent: 1 << i for i, percent in enumerate(THRESHOLDS)}
 
@@ -148,6 +143,7 @@ def _expect_all(status: str, rows: int) -> None:
 class MeterStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self.seals = SealLedger(session)
 
     async def _driver(self) -> Any:
         """The asyncpg connection under this session's transaction. The calls path uses it
@@ -260,16 +256,6 @@ class MeterStore:
         )
 
     # ------------------------------------------------------------------ set-based, for sealing many accounts at once
-    async def seals(self, pairs: list[tuple[str, date]]) -> dict[tuple[str, date], bytes]:
-        rows = await self.session.execute(
-            sa.text(
-                "select s.account_id, s.cycle_start, s.event from seals s join unnest(cast(:a as text[]), "
-                "cast(:s as date[])) as k(a, s) on s.account_id = k.a and s.cycle_start = k.s"
-            ),
-            {"a": [a for a, _ in pairs], "s": [d for _, d in pairs]},
-        )
-        return {(r[0], r[1]): r[2] for r in rows}
-
     async def late_meters_many(self, before: list[tuple[str, date]]) -> dict[str, list[tuple[Cycle, Meter]]]:
         """Per account: sealed cycles (before the given start) with late usage not yet billed, locked."""
         rows = await self.session.execute(
@@ -296,12 +282,3 @@ class MeterStore:
             ),
             {"a": [a for a, _ in moves], "s": [c.start for _, c in moves], "e": [c.end for _, c in moves]},
         )
-
-    async def record_seals(self, seals: list[tuple[str, date, bytes]]) -> None:
-        if seals:
-            await self.session.execute(
-                sa.text(
-                    "insert into seals select * from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as bytea[]))"
-                ),
-                {"a": [a for a, _, _ in seals], "s": [d for _, d, _ in seals], "e": [e for _, _, e in seals]},
-            )

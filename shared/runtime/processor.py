@@ -87,6 +87,11 @@ class Unit:
     def emit(self, topic: str, event: Event | Command) -> None:
         self.outbox.append((event.message_id, topic, event.account_id, event.model_dump_json().encode()))
 
+    def resend(self, topic: str, payload: bytes) -> None:
+        """An event sent before, sent again byte for byte (a repeated request answered the same)."""
+        sent = Envelope.model_validate_json(payload)
+        self.outbox.append((sent.message_id, topic, sent.account_id, payload))
+
     async def lock_account(self, account_id: str) -> None:
         """Serialise with other transactions about this account (parking vs. opening it)."""
         await self.session.execute(sa.text("select pg_advisory_xact_lock(hashtext(:a))"), {"a": account_id})
