@@ -33,44 +33,44 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from bench.common import (
     SERVICE_GROUPS,
     SERVICE_INPUTS,
     Admin,
+    Bench,
     CommitProbe,
-    CpuSampler,
     KeyPartitioner,
+    OpenLoopResult,
     Reader,
-    Stack,
-    Workers,
     account_opened_json,
     add_stack_arguments,
-    banner,
+    begin,
     check_contract,
     connect,
+    count_between,
     latency_line,
     new_id,
     now,
     open_loop,
     p99_ms,
     percentile,
+    prefix_bounds,
+    produce_accounts_opened,
     produce_batched,
     producer,
-    provision,
+    raw_consumer_rate,
     replica_names,
     replicas_cpu,
     run_main,
-    run_prefix,
     say,
-    stack_from,
     verdict,
     wait_for,
 )
 from contracts import Actor
 from contracts import messages as m
-from contracts.topics import LICENSING_COMMANDS, LICENSING_EVENTS, PLATFORM_ACCOUNTS
+from contracts.topics import LICENSING_COMMANDS, LICENSING_EVENTS
 
 SERVICE = "license_orders"
 GROUP = SERVICE_GROUPS[SERVICE]
@@ -232,37 +232,200 @@ def encode(commands: Sequence[m.Command]) -> list[tuple[bytes, bytes]]:
     return [(c.account_id.encode(), c.model_dump_json().encode()) for c in commands]
 
 
-async def raw_read_rate(stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> float:
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
-    await consumer.start()
+# ------------------------------------------------------------------------------------------ phases
+
+
+async def start_worker(bench: Bench, args: argparse.Namespace) -> None:
+    """0. The worker's replicas, ready and caught up with what earlier runs left on their topics."""
+    await bench.workers.start_ready_together([(SERVICE, name) for name in replica_names(SERVICE, args.replicas)])
+    async with Admin(bench.stack) as admin:
+        took = await admin.wait_caught_up(GROUP, SERVICE_INPUTS[SERVICE], args.timeout, "catching up")
+    say(f"0. worker ready; caught up with earlier runs' records on its topics in {took:.1f} s")
+
+
+async def open_accounts(
+    bench: Bench, args: argparse.Namespace, kafka: AIOKafkaProducer, results: Results, rng: random.Random
+) -> Mix:
+    """1. The accounts and their first licenses; returns the mix that knows every account's balance."""
+    accounts = [f"{bench.prefix}-{i:05d}" for i in range(args.accounts)]
+    check_contract(m.AccountOpened, account_opened_json(new_id(), accounts[0], OPENED_AT))
+    started = now()
+    await produce_accounts_opened(kafka, accounts, OPENED_AT)
+    lo, hi = prefix_bounds(bench.prefix)
+    conn = await connect(bench.stack, "license_orders")
     try:
-        consumer.assign(list(ends))
-        for tp, offset in starts.items():
-            consumer.seek(tp, offset)
-        wanted = {tp for tp in ends if ends[tp] > starts[tp]}
-        count = 0
-        started = now()
-        while wanted and now() - started < 120:
-            for tp, records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        json.loads(record.value)
-                        count += 1
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    wanted.discard(tp)
-                    consumer.pause(tp)
-        return count / (now() - started)
+
+        async def opened() -> bool:
+            return await count_between(conn, "accounts", lo, hi) >= len(accounts)
+
+        await wait_for(opened, args.timeout, "the worker to open the accounts")
     finally:
-        await consumer.stop()
+        await conn.close()
+    mix = Mix(accounts, rng)
+    first = [mix.purchase(a, args.licenses) for a in accounts]
+    await produce_batched(kafka, COMMANDS, LICENSING_COMMANDS.partitions, encode(first))
+    ids = [str(c.message_id) for c in first]
+    await wait_for(lambda: results.have_all(ids), args.timeout, "the first purchases' results")
+    say(
+        f"1. {len(accounts):,} accounts opened and {args.licenses} user licenses bought each in {now() - started:.1f} s"
+    )
+    return mix
+
+
+@dataclass
+class ClosedLoop:
+    rate: float
+    cpu: dict[str, tuple[float, float]]
+
+
+async def closed_loop(
+    bench: Bench, args: argparse.Namespace, kafka: AIOKafkaProducer, results: Results, mix: Mix
+) -> ClosedLoop:
+    """2. ``--commands`` commands as fast as possible, timed until every result arrived; then the
+    raw consumer on the same command range."""
+    commands = [mix.next() for _ in range(args.commands)]
+    payloads = encode(commands)
+    ids = [str(c.message_id) for c in commands]
+    async with Admin(bench.stack) as admin:
+        starts = await admin.ends([COMMANDS])
+        with bench.sampler.phase("closed loop") as cpu:
+            started = now()
+            await produce_batched(kafka, COMMANDS, LICENSING_COMMANDS.partitions, payloads)
+            produced = now() - started
+            await wait_for(
+                lambda: results.have_all(ids),
+                args.timeout,
+                "the closed loop's results",
+                progress=lambda: f"{len(ids) - results.missing(ids):,}/{len(ids):,} results",
+            )
+            elapsed = now() - started
+        ends = await admin.ends([COMMANDS])
+    rate = len(ids) / elapsed
+    raw_count, raw_seconds = await raw_consumer_rate(bench.stack, starts, ends, timeout=120.0)
+    raw_rate = raw_count / raw_seconds
+    say(
+        f"2. closed loop: {len(ids):,} commands {dict(sorted(mix.counts.items()))} sent in {produced:.2f} s; "
+        f"every result in {elapsed:.1f} s = {rate:,.0f} commands/s "
+        f"({100 * rate / raw_rate:.2f} % of a bare consumer reading them: {raw_rate:,.0f}/s)"
+    )
+    return ClosedLoop(rate, cpu)
+
+
+@dataclass
+class OpenLoop:
+    """The open loop's schedule and what came of it."""
+
+    commands: list[m.Command]
+    intended: dict[str, float]  # message id -> intended send time, seconds after the schedule's start
+    start: float  # the schedule's start on the benchmark's clock
+    sent: OpenLoopResult
+    probe: CommitProbe
+    cpu: dict[str, tuple[float, float]]
+
+
+async def open_loop_at_rate(bench: Bench, args: argparse.Namespace, results: Results, mix: Mix) -> OpenLoop:
+    """3. ``--rate`` commands/s for ``--warmup`` + ``--seconds`` on a fixed schedule (open loop),
+    with the commit probe beside it."""
+    total = int(args.rate * (args.warmup + args.seconds))
+    mix.counts.clear()
+    commands = [mix.next() for _ in range(total)]
+    partition_of = KeyPartitioner(LICENSING_COMMANDS.partitions)
+    items: list[tuple[float, str, int, bytes, bytes]] = []
+    for i, command in enumerate(commands):
+        key = command.account_id.encode()
+        items.append((i / args.rate, COMMANDS, partition_of(key), key, command.model_dump_json().encode()))
+    intended = {str(c.message_id): i / args.rate for i, c in enumerate(commands)}
+    clock = [0.0]
+    results.watch_commands = True
+    latency_producer = producer(bench.stack, linger_ms=5)
+    await latency_producer.start()
+    probe = CommitProbe(bench.stack, "license_orders")
+    await probe.start()
+    try:
+        with bench.sampler.phase("open loop, warm-up included") as cpu:
+            sent = await open_loop(latency_producer, items, clock)
+            open_ids = list(intended)
+            await wait_for(lambda: results.have_all(open_ids), 60.0, "the open loop's results")
+    finally:
+        await probe.stop()
+        await latency_producer.stop()
+    return OpenLoop(commands, intended, clock[0], sent, probe, cpu)
+
+
+def report_open_loop(args: argparse.Namespace, results: Results, run: OpenLoop) -> list[float]:
+    """3. The open loop's latencies: warm-up apart, the transport floor, the split at the relay, the
+    disk, per 2 s window and per command type. Returns the measured latencies."""
+    start = run.start
+    warming = [results.arrived[i] - (start + at) for i, at in run.intended.items() if at < args.warmup]
+    measured = {i: at for i, at in run.intended.items() if at >= args.warmup}
+    latencies = [results.arrived[i] - (start + at) for i, at in measured.items()]
+    by_type: dict[str, list[float]] = {}
+    for command in run.commands:
+        mid = str(command.message_id)
+        if mid in measured:
+            by_type.setdefault(command.type, []).append(results.arrived[mid] - (start + measured[mid]))
+    transport = [results.commands_seen[i] - (start + at) for i, at in measured.items() if i in results.commands_seen]
+    lag = sorted(run.sent.send_lag)
+    say(
+        f"3. open loop: {run.sent.sent:,} commands at {args.rate}/s in {run.sent.duration:.1f} s, "
+        f"errors {run.sent.errors}, sender lag p99 {1000 * percentile(lag, 99):.1f} ms"
+    )
+    if warming:
+        say(f"   warm-up, the first {args.warmup:g} s (not counted): {latency_line(warming)}")
+        say(f"   measured, the {args.seconds:g} s after it:")
+    say(
+        f"   transport floor (intended send -> a bare consumer has the command; partition 0): {latency_line(transport)}"
+    )
+    say(f"   latency (intended send -> result event arrival): {latency_line(latencies)}")
+    # Where it goes: the result record's timestamp is taken by the relay's producer when it
+    # batches the event, so it splits the latency into the worker's part and the last hop.
+    wall_minus_clock = time.time() - now()
+    relayed = [results.created_ms[i] / 1000 - wall_minus_clock - (start + at) for i, at in measured.items()]
+    last_hop = [results.arrived[i] - (results.created_ms[i] / 1000 - wall_minus_clock) for i in measured]
+    say(f"     of which intended send -> relay sends the result: {latency_line(relayed)}")
+    say(f"     and relay sends -> result arrival: {latency_line(last_hop)}")
+    say(f"   disk, whole open loop: a one-record commit (a WAL flush) every 0.1 s took {run.probe.summary()}")
+    windows: dict[int, list[float]] = {}
+    for message_id, offset_s in measured.items():
+        windows.setdefault(int((offset_s - args.warmup) // 2), []).append(
+            results.arrived[message_id] - (start + offset_s)
+        )
+    say(
+        "   p99 per 2 s of the schedule (ms): "
+        + " ".join(f"{1000 * sorted(v)[int(0.99 * (len(v) - 1))]:.0f}" for _, v in sorted(windows.items()))
+    )
+    for kind, values in sorted(by_type.items()):
+        say(f"     {kind}: {latency_line(values)}")
+    if results.rejections:
+        sample = results.rejections[0]
+        say(f"   WARNING {len(results.rejections)} commands rejected, e.g. {sample['reason_code']}: {sample['reason']}")
+    return latencies
+
+
+def report_summary(
+    args: argparse.Namespace, results: Results, closed: ClosedLoop, opened: OpenLoop, latencies: list[float]
+) -> None:
+    p99 = p99_ms(latencies)
+    say("\n== summary")
+    say(f"   result events by type: {dict(sorted(results.types.items()))}")
+    say(f"   sustained {closed.rate:,.0f} commands/s (target >= 1,000): {verdict(closed.rate >= 1000)}")
+    say(f"   p99 {p99:.1f} ms at {args.rate}/s (target <= 50 ms): {verdict(p99 <= 50)}")
+    say(
+        f"   worker CPU ({args.replicas} process{'es' if args.replicas > 1 else ''}): "
+        f"closed loop {replicas_cpu(closed.cpu, SERVICE):.0f} %, "
+        f"open loop (warm-up included) {replicas_cpu(opened.cpu, SERVICE):.0f} % of a core"
+    )
+
+
+# -------------------------------------------------------------------------------------------- main
 
 
 async def main() -> int:
     args = parse_args()
-    stack = stack_from(args)
-    prefix = run_prefix("lo")
-    banner(
+    bench = await begin(
+        args,
+        "lo",
         "license orders benchmark",
-        stack,
         accounts=args.accounts,
         licenses=args.licenses,
         commands=args.commands,
@@ -270,171 +433,27 @@ async def main() -> int:
         seconds=args.seconds,
         warmup=args.warmup,
         replicas=args.replicas,
-        run=prefix,
     )
-    await provision(stack)
-    workers = Workers(stack, prefix)
-    sampler = CpuSampler(stack, workers)
     rng = random.Random(args.seed)
     results = Results()
     # The transport floor is sampled on one partition of the commands: a bare reader of all of
     # them would double the broker's fetch requests during the latency it measures.
-    reader = Reader(stack, [EVENTS, TopicPartition(COMMANDS, 0)], results.on_record)
-    kafka = producer(stack)
+    reader = Reader(bench.stack, [EVENTS, TopicPartition(COMMANDS, 0)], results.on_record)
+    kafka = producer(bench.stack)
     try:
-        names = replica_names(SERVICE, args.replicas)
-        for name in names:
-            workers.start(SERVICE, name)
-        for name in names:
-            await workers.wait_ready(name)
-        async with Admin(stack) as admin:
-            took = await admin.wait_caught_up(GROUP, SERVICE_INPUTS[SERVICE], args.timeout, "catching up")
-        say(f"0. worker ready; caught up with earlier runs' records on its topics in {took:.1f} s")
+        await start_worker(bench, args)
         await reader.start()
         await kafka.start()
-
-        # 1. Accounts and their first licenses.
-        accounts = [f"{prefix}-{i:05d}" for i in range(args.accounts)]
-        check_contract(m.AccountOpened, account_opened_json(new_id(), accounts[0], OPENED_AT))
-        started = now()
-        await produce_batched(
-            kafka,
-            PLATFORM_ACCOUNTS.name,
-            PLATFORM_ACCOUNTS.partitions,
-            ((a.encode(), account_opened_json(new_id(), a, OPENED_AT)) for a in accounts),
-        )
-        conn = await connect(stack, "license_orders")
-        try:
-            lo, hi = f"{prefix}-", f"{prefix}-~"
-
-            async def opened() -> bool:
-                found = await conn.fetchval("select count(*) from accounts where account_id between $1 and $2", lo, hi)
-                return int(found) >= len(accounts)
-
-            await wait_for(opened, args.timeout, "the worker to open the accounts")
-        finally:
-            await conn.close()
-        mix = Mix(accounts, rng)
-        first = [mix.purchase(a, args.licenses) for a in accounts]
-        await produce_batched(kafka, COMMANDS, LICENSING_COMMANDS.partitions, encode(first))
-        ids = [str(c.message_id) for c in first]
-        await wait_for(lambda: results.have_all(ids), args.timeout, "the first purchases' results")
-        say(
-            f"1. {len(accounts):,} accounts opened and {args.licenses} user licenses bought each in {now() - started:.1f} s"
-        )
-
-        # 2. Closed loop.
-        commands = [mix.next() for _ in range(args.commands)]
-        payloads = encode(commands)
-        ids = [str(c.message_id) for c in commands]
-        async with Admin(stack) as admin:
-            starts = await admin.ends([COMMANDS])
-            with sampler.phase("closed loop") as cpu_closed:
-                started = now()
-                await produce_batched(kafka, COMMANDS, LICENSING_COMMANDS.partitions, payloads)
-                produced = now() - started
-                await wait_for(
-                    lambda: results.have_all(ids),
-                    args.timeout,
-                    "the closed loop's results",
-                    progress=lambda: f"{len(ids) - results.missing(ids):,}/{len(ids):,} results",
-                )
-                elapsed = now() - started
-            ends = await admin.ends([COMMANDS])
-        closed_rate = len(ids) / elapsed
-        raw_rate = await raw_read_rate(stack, starts, ends)
-        say(
-            f"2. closed loop: {len(ids):,} commands {dict(sorted(mix.counts.items()))} sent in {produced:.2f} s; "
-            f"every result in {elapsed:.1f} s = {closed_rate:,.0f} commands/s "
-            f"({100 * closed_rate / raw_rate:.2f} % of a bare consumer reading them: {raw_rate:,.0f}/s)"
-        )
-
-        # 3. Open loop at a fixed rate.
-        total = int(args.rate * (args.warmup + args.seconds))
-        mix.counts.clear()
-        commands = [mix.next() for _ in range(total)]
-        partition_of = KeyPartitioner(LICENSING_COMMANDS.partitions)
-        items: list[tuple[float, str, int, bytes, bytes]] = []
-        for i, command in enumerate(commands):
-            key = command.account_id.encode()
-            items.append((i / args.rate, COMMANDS, partition_of(key), key, command.model_dump_json().encode()))
-        intended = {str(c.message_id): i / args.rate for i, c in enumerate(commands)}
-        clock = [0.0]
-        results.watch_commands = True
-        latency_producer = producer(stack, linger_ms=5)
-        await latency_producer.start()
-        probe = CommitProbe(stack, "license_orders")
-        await probe.start()
-        try:
-            with sampler.phase("open loop, warm-up included") as cpu_open:
-                sent = await open_loop(latency_producer, items, clock)
-                open_ids = list(intended)
-                await wait_for(lambda: results.have_all(open_ids), 60.0, "the open loop's results")
-        finally:
-            await probe.stop()
-            await latency_producer.stop()
-        warming = [results.arrived[i] - (clock[0] + at) for i, at in intended.items() if at < args.warmup]
-        measured = {i: at for i, at in intended.items() if at >= args.warmup}
-        latencies = [results.arrived[i] - (clock[0] + at) for i, at in measured.items()]
-        by_type: dict[str, list[float]] = {}
-        for command in commands:
-            mid = str(command.message_id)
-            if mid in measured:
-                by_type.setdefault(command.type, []).append(results.arrived[mid] - (clock[0] + measured[mid]))
-        transport = [
-            results.commands_seen[i] - (clock[0] + at) for i, at in measured.items() if i in results.commands_seen
-        ]
-        lag = sorted(sent.send_lag)
-        say(
-            f"3. open loop: {sent.sent:,} commands at {args.rate}/s in {sent.duration:.1f} s, errors {sent.errors}, "
-            f"sender lag p99 {1000 * percentile(lag, 99):.1f} ms"
-        )
-        if warming:
-            say(f"   warm-up, the first {args.warmup:g} s (not counted): {latency_line(warming)}")
-            say(f"   measured, the {args.seconds:g} s after it:")
-        say(
-            f"   transport floor (intended send -> a bare consumer has the command; partition 0): {latency_line(transport)}"
-        )
-        say(f"   latency (intended send -> result event arrival): {latency_line(latencies)}")
-        # Where it goes: the result record's timestamp is taken by the relay's producer when it
-        # batches the event, so it splits the latency into the worker's part and the last hop.
-        wall_minus_clock = time.time() - now()
-        relayed = [results.created_ms[i] / 1000 - wall_minus_clock - (clock[0] + at) for i, at in measured.items()]
-        last_hop = [results.arrived[i] - (results.created_ms[i] / 1000 - wall_minus_clock) for i in measured]
-        say(f"     of which intended send -> relay sends the result: {latency_line(relayed)}")
-        say(f"     and relay sends -> result arrival: {latency_line(last_hop)}")
-        say(f"   disk, whole open loop: a one-record commit (a WAL flush) every 0.1 s took {probe.summary()}")
-        windows: dict[int, list[float]] = {}
-        for message_id, offset_s in measured.items():
-            windows.setdefault(int((offset_s - args.warmup) // 2), []).append(
-                results.arrived[message_id] - (clock[0] + offset_s)
-            )
-        say(
-            "   p99 per 2 s of the schedule (ms): "
-            + " ".join(f"{1000 * sorted(v)[int(0.99 * (len(v) - 1))]:.0f}" for _, v in sorted(windows.items()))
-        )
-        for kind, values in sorted(by_type.items()):
-            say(f"     {kind}: {latency_line(values)}")
-        if results.rejections:
-            sample = results.rejections[0]
-            say(
-                f"   WARNING {len(results.rejections)} commands rejected, e.g. {sample['reason_code']}: {sample['reason']}"
-            )
-
-        p99 = p99_ms(latencies)
-        say("\n== summary")
-        say(f"   result events by type: {dict(sorted(results.types.items()))}")
-        say(f"   sustained {closed_rate:,.0f} commands/s (target >= 1,000): {verdict(closed_rate >= 1000)}")
-        say(f"   p99 {p99:.1f} ms at {args.rate}/s (target <= 50 ms): {verdict(p99 <= 50)}")
-        say(
-            f"   worker CPU ({args.replicas} process{'es' if args.replicas > 1 else ''}): "
-            f"closed loop {replicas_cpu(cpu_closed, SERVICE):.0f} %, open loop (warm-up included) {replicas_cpu(cpu_open, SERVICE):.0f} % of a core"
-        )
+        mix = await open_accounts(bench, args, kafka, results, rng)
+        closed = await closed_loop(bench, args, kafka, results, mix)
+        opened = await open_loop_at_rate(bench, args, results, mix)
+        latencies = report_open_loop(args, results, opened)
+        report_summary(args, results, closed, opened, latencies)
         return 1 if results.rejections else 0
     finally:
         await kafka.stop()
         await reader.stop()
-        workers.stop_all()
+        bench.workers.stop_all()
 
 
 if __name__ == "__main__":

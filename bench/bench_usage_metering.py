@@ -39,25 +39,27 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from bench import floor_pipeline
 from bench.common import (
     SERVICE_GROUPS,
     Admin,
     BacklogMonitor,
+    Bench,
     CommitProbe,
-    CpuSampler,
     KeyPartitioner,
+    OpenLoopResult,
     Reader,
     Stack,
     Workers,
     account_opened_json,
     add_stack_arguments,
-    banner,
+    begin,
     call_json,
     check_contract,
     connect,
+    count_between,
     end_offsets,
     latency_line,
     micro_cost,
@@ -67,21 +69,21 @@ from bench.common import (
     open_loop,
     p99_ms,
     percentile,
+    prefix_bounds,
+    produce_accounts_opened,
     produce_batched,
     producer,
-    provision,
+    raw_consumer_rate,
     replica_names,
     replicas_cpu,
     run_main,
-    run_prefix,
     say,
     set_group_offsets,
-    stack_from,
     verdict,
     wait_for,
 )
 from contracts.messages import AccountOpened, CallCharged
-from contracts.topics import PLATFORM_ACCOUNTS, USAGE_CALLS
+from contracts.topics import USAGE_CALLS
 from services.usage_metering.settings import Settings as MeteringSettings
 from shared.runtime.worker import tune_garbage_collector
 
@@ -141,11 +143,6 @@ def parse_args() -> argparse.Namespace:
     if args.alert_warmup < 0 or args.alert_seconds <= 0:
         parser.error("--alert-warmup must be >= 0 and --alert-seconds > 0")
     return args
-
-
-def prefix_bounds(prefix: str) -> tuple[str, str]:
-    """Account ids of this run sort between these (ids use [A-Za-z0-9_-], all below '~')."""
-    return f"{prefix}-", f"{prefix}-~"
 
 
 @dataclass
@@ -213,36 +210,6 @@ async def accrual(stack: Stack, prefix: str) -> tuple[int, Decimal, Decimal, int
         return int(meters[0]), Decimal(meters[1]), Decimal(meters[2]), int(calls)
     finally:
         await conn.close()
-
-
-async def raw_consumer_rate(
-    stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int], timeout: float
-) -> tuple[int, float]:
-    """(records, seconds) for a bare consumer reading [starts, ends): getmany + json.loads, nothing else."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(ends))
-        for tp, offset in starts.items():
-            consumer.seek(tp, offset)
-        wanted = {tp: end for tp, end in ends.items() if end > starts[tp]}
-        count = 0
-        started = now()
-        while wanted:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        json.loads(record.value)
-                        count += 1
-                if tp in wanted and records and records[-1].offset + 1 >= wanted[tp]:
-                    del wanted[tp]
-                    consumer.pause(tp)
-            if now() - started > timeout:
-                raise TimeoutError("raw consumer did not reach the end of the range")
-        return count, now() - started
-    finally:
-        await consumer.stop()
 
 
 @contextlib.contextmanager
@@ -398,36 +365,28 @@ class Drain:
         )
 
 
-REPLICAS = 1  # set from --replicas in main()
+# ------------------------------------------------------------------------------ the worker's replicas
 
 
-def metering_replicas() -> list[str]:
-    return replica_names(SERVICE, REPLICAS)
-
-
-async def start_metering(workers: Workers) -> None:
+async def start_metering(workers: Workers, replicas: int) -> None:
     """Start the usage-metering replicas (one consumer group); returns when all are ready."""
-    for name in metering_replicas():
-        workers.start(SERVICE, name)
-    for name in metering_replicas():
-        await workers.wait_ready(name)
+    await workers.start_ready_together([(SERVICE, name) for name in replica_names(SERVICE, replicas)])
 
 
-def group_members() -> int:
-    """Consumers the replicas put in the group (the workers read the same BILLING_* environment)."""
-    settings = MeteringSettings()
-    return REPLICAS * (settings.calls_consumers + settings.consumers_per_subscription)
-
-
-def stop_metering(workers: Workers) -> None:
-    for name in metering_replicas():
+def stop_metering(workers: Workers, replicas: int) -> None:
+    for name in replica_names(SERVICE, replicas):
         workers.stop(name)
 
 
+def group_members(replicas: int) -> int:
+    """Consumers the replicas put in the group (the workers read the same BILLING_* environment)."""
+    settings = MeteringSettings()
+    return replicas * (settings.calls_consumers + settings.consumers_per_subscription)
+
+
 async def drain(
-    stack: Stack,
-    workers: Workers,
-    sampler: CpuSampler,
+    bench: Bench,
+    replicas: int,
     starts: dict[TopicPartition, int],
     ends: dict[TopicPartition, int],
     timeout: float,
@@ -437,13 +396,13 @@ async def drain(
     times the rate from the first sample at which the whole group was formed)."""
     total = sum(ends[tp] - starts[tp] for tp in ends)
     spawned = now()
-    await start_metering(workers)
+    await start_metering(bench.workers, replicas)
     samples: list[tuple[float, int, bool]] = []
-    members = group_members()
-    async with Admin(stack) as admin:
+    members = group_members(replicas)
+    async with Admin(bench.stack) as admin:
 
         async def done() -> bool:
-            workers.check_alive()
+            bench.workers.check_alive()
             state, joined = await admin.state(GROUP)
             committed = await admin.committed(GROUP, list(ends))
             progress = sum(min(max(committed[tp], starts[tp]), ends[tp]) - starts[tp] for tp in ends)
@@ -454,7 +413,7 @@ async def drain(
         def progress() -> str:
             return f"{samples[-1][1]:,}/{total:,} committed" if samples else "starting"
 
-        with sampler.phase(f"{label} worker") as cpu:
+        with bench.sampler.phase(f"{label} worker") as cpu:
             await wait_for(done, timeout, f"{label}: {GROUP} to commit the range", interval=0.25, progress=progress)
     return Drain(total, spawned, steady_rate(samples, total), samples), cpu
 
@@ -472,6 +431,137 @@ async def reset_calls_offsets(stack: Stack, starts: dict[TopicPartition, int]) -
     async with Admin(stack) as admin:
         await admin.wait_empty(GROUP)
     await set_group_offsets(stack, GROUP, starts)
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+
+async def open_accounts(bench: Bench, args: argparse.Namespace, kafka: AIOKafkaProducer) -> None:
+    """0. The accounts first, recorded by the worker; then the worker stops."""
+    ids = [f"{bench.prefix}-{i:05d}" for i in range(args.accounts)]
+    check_contract(AccountOpened, account_opened_json(new_id(), ids[0], OPENED_AT))
+    await start_metering(bench.workers, args.replicas)
+    await produce_accounts_opened(kafka, ids, OPENED_AT)
+    lo, hi = prefix_bounds(bench.prefix)
+    conn = await connect(bench.stack, "usage_metering")
+    try:
+        took = await wait_for(
+            lambda: _count_is(conn, "accounts", lo, hi, len(ids)), args.timeout, "the worker to record the accounts"
+        )
+    finally:
+        await conn.close()
+    say(f"0. {len(ids):,} accounts opened and recorded by the worker in {took:.1f} s")
+    stop_metering(bench.workers, args.replicas)
+
+
+Range = dict[TopicPartition, int]
+
+
+async def fill_calls(
+    bench: Bench, args: argparse.Namespace, kafka: AIOKafkaProducer, rng: random.Random
+) -> tuple[Fill, Range, Range]:
+    """1. ``usage.calls`` filled while no worker runs; returns the calls and the range they occupy."""
+    started = now()
+    fill = make_fill(bench.prefix, args.accounts, args.events, args.dup_rate, rng)
+    check_contract(CallCharged, fill.records[0][1])
+    generated = now() - started
+    starts = await end_offsets(bench.stack, [CALLS])
+    started = now()
+    await produce_batched(kafka, CALLS, USAGE_CALLS.partitions, fill.records)
+    produced = now() - started
+    ends = await end_offsets(bench.stack, [CALLS])
+    in_range = sum(ends[tp] - starts[tp] for tp in ends)
+    size = sum(len(v) for _, v in fill.records) / len(fill.records)
+    say(
+        f"1. filled {CALLS}: {args.events:,} events ({fill.unique:,} calls + {fill.duplicates:,} duplicate reports, "
+        f"~{size:.0f} B each), generated in {generated:.1f} s, produced in {produced:.1f} s "
+        f"({args.events / produced:,.0f}/s); {in_range:,} records in the range"
+    )
+    if in_range != args.events:
+        raise RuntimeError(f"expected {args.events} records in the range, found {in_range}")
+    return fill, starts, ends
+
+
+# -------------------------------------------------------------------------------- (a) the floors
+
+
+@dataclass
+class Floors:
+    raw_consumer: float  # events/s
+    raw_insert: float  # rows/s
+    pipeline: dict[bool, float]  # events/s of the floor pipeline, by "validated against the contract"
+
+
+async def measure_floors(bench: Bench, args: argparse.Namespace, fill: Fill, starts: Range, ends: Range) -> Floors:
+    """(a) The raw consumer, the raw insert and the two floor pipelines on the same range."""
+    with bench.sampler.phase("(a) raw consumer"), garbage_collected_like_a_worker():
+        raw_n, raw_s = await raw_consumer_rate(bench.stack, starts, ends, args.timeout)
+    raw_rate = raw_n / raw_s
+    say(f"(a) raw consumer (getmany + json.loads): {raw_n:,} in {raw_s:.2f} s = {raw_rate:,.0f} events/s")
+    with bench.sampler.phase("(a) raw asyncpg insert"):
+        db_n, db_s = await raw_insert_rate(bench.stack, fill)
+    db_rate = len(fill.raw_accounts) / db_s
+    say(
+        f"(a) raw asyncpg set-based insert (5,000-row unnest, on conflict, returning): {len(fill.raw_accounts):,} rows "
+        f"({db_n:,} new) in {db_s:.2f} s = {db_rate:,.0f} rows/s"
+    )
+    floors: dict[bool, float] = {}
+    replicas = args.replicas
+    for contract, what in ((False, "json.loads"), (True, "the contract's validation")):
+        with bench.sampler.phase(f"(a) floor pipeline with {what}, {replicas} processes"):
+            floor_n, floor_s, floor_cpu = await floor_rate(bench.stack, starts, ends, replicas, contract, args.timeout)
+        floors[contract] = floor_n / floor_s
+        say(
+            f"(a) floor pipeline ({replicas} bare processes: getmany + {what} + metering's deduplicating insert, "
+            f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floors[contract]:,.0f} events/s = "
+            f"{100 * floors[contract] / raw_rate:.1f} % of the raw consumer; their own CPU "
+            f"{1e6 * floor_cpu / floor_n:.1f} µs an event"
+        )
+    return Floors(raw_rate, db_rate, floors)
+
+
+# --------------------------------------------------------------------- (b) the service, (c) replay
+
+Books = tuple[int, Decimal, Decimal, int]  # meters, billable, over_cap, calls of the run's accounts
+
+
+async def measure_service(
+    bench: Bench, args: argparse.Namespace, starts: Range, ends: Range, floors: Floors, expected: Decimal, unique: int
+) -> tuple[Drain, dict[str, tuple[float, float]], Books, bool]:
+    """(b) The worker from the start of the range to the end; the accrual checked against the calls."""
+    await reset_calls_offsets(bench.stack, starts)
+    first, cpu = await drain(bench, args.replicas, starts, ends, args.timeout, "(b)")
+    books = await accrual(bench.stack, bench.prefix)
+    meters, billable, over_cap, calls = books
+    say(
+        f"(b) worker: {first.describe()}; "
+        f"{100 * first.rate / floors.raw_consumer:.1f} % of the raw consumer, "
+        f"{100 * first.rate / floors.raw_insert:.1f} % of the raw insert, "
+        f"{100 * first.rate / floors.pipeline[True]:.1f} % of the floor pipeline with the contract's validation"
+    )
+    ok = billable + over_cap == expected and calls == unique
+    say(
+        f"    accrual: {meters:,} meters, billable {billable}, over_cap {over_cap}, calls {calls:,}; "
+        f"expected billable+over_cap {expected} and {unique:,} calls: {'OK' if ok else 'MISMATCH'}"
+    )
+    return first, cpu, books, ok
+
+
+async def measure_replay(
+    bench: Bench, args: argparse.Namespace, starts: Range, ends: Range, books: Books
+) -> tuple[Drain, bool]:
+    """(c) The same range again from its start: the accrual must not change."""
+    stop_metering(bench.workers, args.replicas)
+    await reset_calls_offsets(bench.stack, starts)
+    replay, _ = await drain(bench, args.replicas, starts, ends, args.timeout, "(c) replay")
+    again = await accrual(bench.stack, bench.prefix)
+    same = again == books
+    say(
+        f"(c) replay of all {replay.events:,}: {replay.describe()}; "
+        f"accrual after: {again[0]:,} meters, billable {again[1]}, over_cap {again[2]}, calls {again[3]:,}: "
+        f"{'UNCHANGED' if same else 'CHANGED'}"
+    )
+    return replay, same
 
 
 # ------------------------------------------------------------------------------------ (d) alert latency
@@ -495,20 +585,30 @@ def arming_calls(level: int, rng: random.Random) -> list[int]:
     return costs
 
 
-async def alert_latency(
-    stack: Stack,
-    workers: Workers,
-    sampler: CpuSampler,
-    prefix: str,
-    rate: int,
-    seconds: float,
-    warmup: float,
-    crossings: int,
-    timeout: float,
-    rng: random.Random,
-) -> dict[str, Any]:
+def alert_rate(args: argparse.Namespace, first: Drain) -> int:
+    """--alert-rate, else half of (b)'s rate (a fallback when (b) could not be timed)."""
+    rate = args.alert_rate or (max(100, int(first.rate / 2)) if first.measured else FALLBACK_ALERT_RATE)
+    if not args.alert_rate and not first.measured:
+        say(
+            f"   most of (b) was committed before the group was formed: (d) runs at {FALLBACK_ALERT_RATE:,}/s (more --events to derive it)"
+        )
+    return rate
+
+
+@dataclass
+class AlertPlan:
+    rate: int
+    seconds: float
+    warmup: float
+    total: int  # calls in the measured part
+    warming: int  # background calls sent first, not counted
+    armed_ids: list[str]
+    background_ids: list[str]
+
+
+def plan_alerts(prefix: str, rate: int, seconds: float, warmup: float, crossings: int) -> AlertPlan:
     total = int(rate * seconds)
-    warming = int(rate * warmup)  # background calls only, sent first, not counted
+    warming = int(rate * warmup)
     armed = max(3, min(int(crossings * seconds), total // 4))
     background = max(500, (warming + total) // 40)  # ~40 calls of ~1.50 each: far below 50 % of the cap
     # Armed accounts all hash to partition 0 of usage.calls, so the bare consumer that measures the
@@ -527,342 +627,282 @@ async def alert_latency(
         f"{f'after a {warmup:g}-s warm-up at that rate' if warming else '(no warm-up)'}; {armed} threshold crossings "
         f"({crossings}/s) on armed accounts, the rest on {background:,} background accounts"
     )
+    return AlertPlan(rate, seconds, warmup, total, warming, armed_ids, background_ids)
+
+
+async def open_and_arm(
+    bench: Bench, kafka: AIOKafkaProducer, plan: AlertPlan, rng: random.Random, timeout: float
+) -> list[int]:
+    """(d)'s own accounts opened, and each armed one brought just under its threshold with ordinary
+    calls; returns each armed account's level."""
     # (d)'s own accounts only ("-ar..." and "-bg..."; the run's (b) accounts "-00000"... sort before them).
+    prefix = bench.prefix
     lo, hi = f"{prefix}-ar", f"{prefix}-bg~"
-    kafka = producer(stack)
-    await kafka.start()
+    ids = plan.armed_ids + plan.background_ids
+    await produce_accounts_opened(kafka, ids, OPENED_AT)
+    conn = await connect(bench.stack, "usage_metering")
     try:
-        ids = armed_ids + background_ids
-        await produce_batched(
-            kafka,
-            PLATFORM_ACCOUNTS.name,
-            PLATFORM_ACCOUNTS.partitions,
-            ((a.encode(), account_opened_json(new_id(), a, OPENED_AT)) for a in ids),
+        await wait_for(
+            lambda: _count_is(conn, "accounts", lo, hi, len(ids)), timeout, "(d) the worker to open the fresh accounts"
         )
-        conn = await connect(stack, "usage_metering")
-        try:
-            await wait_for(
-                lambda: _count_is(
-                    conn, "select count(*) from accounts where account_id between $1 and $2", lo, hi, len(ids)
-                ),
-                timeout,
-                "(d) the worker to open the fresh accounts",
-            )
-            # Arm: bring each armed account just under its threshold with ordinary calls.
-            levels = [ARMED_LEVELS[i % 3] for i in range(armed)]
-            arm_records = []
-            expected_micros = 0
-            for account, level in zip(armed_ids, levels, strict=True):
-                for n, cost in enumerate(arming_calls(level, rng)):
-                    arm_records.append(
-                        (
-                            account.encode(),
-                            call_json(new_id(), account, "2027-03-02T08:00:00+00:00", f"arm-{n}", money_text(cost)),
-                        )
+        levels = [ARMED_LEVELS[i % 3] for i in range(len(plan.armed_ids))]
+        arm_records = []
+        expected_micros = 0
+        for account, level in zip(plan.armed_ids, levels, strict=True):
+            for n, cost in enumerate(arming_calls(level, rng)):
+                arm_records.append(
+                    (
+                        account.encode(),
+                        call_json(new_id(), account, "2027-03-02T08:00:00+00:00", f"arm-{n}", money_text(cost)),
                     )
-                expected_micros += level
-            await produce_batched(kafka, CALLS, USAGE_CALLS.partitions, arm_records)
-            expected = Decimal(expected_micros) / 1_000_000
-            armed_lo, armed_hi = f"{prefix}-ar", f"{prefix}-ar~"
-            await wait_for(
-                lambda: _sum_is(
-                    conn,
-                    "select coalesce(sum(billable), 0) from meters where account_id between $1 and $2",
-                    armed_lo,
-                    armed_hi,
-                    expected,
-                ),
-                timeout,
-                f"(d) the worker to arm {armed} accounts ({len(arm_records):,} calls)",
-            )
-        finally:
-            await conn.close()
-
-        # The schedule: slot i at i/rate; after the warm-up, every (total/armed)-th slot is a crossing call.
-        step = total / armed
-        crossing_slots = {warming + int(k * step + step / 2): k for k in range(armed)}
-        intended: dict[str, tuple[float, int]] = {}
-        items: list[tuple[float, str, int, bytes, bytes]] = []
-        for i in range(warming + total):
-            at = i / rate
-            when = "2027-03-03T09:00:00+00:00"
-            k = crossing_slots.get(i)
-            message_id = new_id()
-            if k is not None:
-                account = armed_ids[k]
-                value = call_json(message_id, account, when, "crossing", money_text(TRIGGER_COST))
-                intended[message_id] = (at, THRESHOLD_OF_LEVEL[levels[k]])
-            else:
-                account = background_ids[rng.randrange(background)]
-                value = call_json(message_id, account, when, f"bg-{i}", money_text(micro_cost(rng)))
-            key = account.encode()
-            items.append((at, CALLS, partition_of(key), key, value))
-        check_contract(CallCharged, items[0][4])
-
-        latencies: list[float] = []
-        transport: list[float] = []
-        by_threshold: Counter[int] = Counter()
-        start_box: list[float] = [0.0]
-        armed_keys = {a.encode() for a in armed_ids}
-
-        def on_record(arrival: float, record: ConsumerRecord[Any, Any]) -> None:
-            if record.topic == CALLS:  # the crossing call itself reaching a bare consumer: the transport floor
-                if record.key in armed_keys:
-                    cause = intended.get(json.loads(record.value)["message_id"])
-                    if cause is not None:
-                        transport.append(arrival - (start_box[0] + cause[0]))
-                return
-            body = json.loads(record.value)
-            if body.get("type") != "CallingCreditThresholdReached":
-                return
-            cause = intended.get(body.get("causation_id"))
-            if cause is not None:
-                latencies.append(arrival - (start_box[0] + cause[0]))
-                by_threshold[cause[1]] += 1
-
-        reader = Reader(stack, ["metering.alerts", TopicPartition(CALLS, 0)], on_record)
-        await reader.start()
-        latency_producer = producer(stack, linger_ms=0)  # the open loop batches every GENERATOR_LINGER_S
-        await latency_producer.start()
-        try:
-            async with Admin(stack) as admin:
-                sending = asyncio.create_task(
-                    open_loop(latency_producer, items, start_box, batch_every=GENERATOR_LINGER_S)
                 )
-                if warming:  # a broker started minutes ago is still compiling its produce path (JIT)
-                    with sampler.phase("(d) warm-up, not counted"):
-                        await asyncio.sleep(0)  # the sender sets its start before its first await
-                        assert start_box[0], "the open loop did not start"
-                        await asyncio.sleep(max(0.0, start_box[0] + warmup - now()))
-                backlog = BacklogMonitor(admin, GROUP, [CALLS])
-                backlog.start()
-                probe = CommitProbe(stack, "usage_metering")
-                await probe.start()
-                with sampler.phase("(d) open-loop calls"):
-                    sent = await sending
-                    sent_done = now()
-                    await wait_for(lambda: len(latencies) >= armed, 60.0, "(d) the crossing alerts", interval=0.05)
-                await probe.stop()
-                await backlog.stop()
-                ends_after = await admin.ends([CALLS])
-
-                async def caught_up() -> bool:
-                    committed = await admin.committed(GROUP, list(ends_after))
-                    return all(committed[tp] >= end for tp, end in ends_after.items())
-
-                await wait_for(caught_up, timeout, "(d) the worker to commit the phase's calls", interval=0.1)
-            drained = now() - sent_done
-        finally:
-            await latency_producer.stop()
-            await reader.stop()
+            expected_micros += level
+        await produce_batched(kafka, CALLS, USAGE_CALLS.partitions, arm_records)
+        expected = Decimal(expected_micros) / 1_000_000
+        armed_lo, armed_hi = f"{prefix}-ar", f"{prefix}-ar~"
+        await wait_for(
+            lambda: _sum_is(
+                conn,
+                "select coalesce(sum(billable), 0) from meters where account_id between $1 and $2",
+                armed_lo,
+                armed_hi,
+                expected,
+            ),
+            timeout,
+            f"(d) the worker to arm {len(plan.armed_ids)} accounts ({len(arm_records):,} calls)",
+        )
     finally:
-        await kafka.stop()
-    lag = sorted(sent.send_lag[warming:])
+        await conn.close()
+    return levels
+
+
+Schedule = tuple[list[tuple[float, str, int, bytes, bytes]], dict[str, tuple[float, int]]]
+
+
+def alert_schedule(plan: AlertPlan, levels: list[int], rng: random.Random) -> Schedule:
+    """Slot i at i/rate; after the warm-up, every (total/armed)-th slot is a crossing call. Returns
+    the items to send and, per crossing call's message id, its intended time and threshold."""
+    armed = len(plan.armed_ids)
+    step = plan.total / armed
+    crossing_slots = {plan.warming + int(k * step + step / 2): k for k in range(armed)}
+    partition_of = KeyPartitioner(USAGE_CALLS.partitions)
+    intended: dict[str, tuple[float, int]] = {}
+    items: list[tuple[float, str, int, bytes, bytes]] = []
+    for i in range(plan.warming + plan.total):
+        at = i / plan.rate
+        when = "2027-03-03T09:00:00+00:00"
+        k = crossing_slots.get(i)
+        message_id = new_id()
+        if k is not None:
+            account = plan.armed_ids[k]
+            value = call_json(message_id, account, when, "crossing", money_text(TRIGGER_COST))
+            intended[message_id] = (at, THRESHOLD_OF_LEVEL[levels[k]])
+        else:
+            account = plan.background_ids[rng.randrange(len(plan.background_ids))]
+            value = call_json(message_id, account, when, f"bg-{i}", money_text(micro_cost(rng)))
+        key = account.encode()
+        items.append((at, CALLS, partition_of(key), key, value))
+    check_contract(CallCharged, items[0][4])
+    return items, intended
+
+
+@dataclass
+class AlertRun:
+    latencies: list[float] = field(default_factory=list)
+    transport: list[float] = field(default_factory=list)
+    by_threshold: Counter[int] = field(default_factory=Counter)
+    sent: OpenLoopResult | None = None
+    backlog: BacklogMonitor | None = None
+    probe: CommitProbe | None = None
+    drained: float = 0.0
+
+
+async def run_alert_loop(bench: Bench, plan: AlertPlan, schedule: Schedule, timeout: float) -> AlertRun:
+    """Send the schedule open loop (the warm-up first, not counted), with the backlog monitor and the
+    commit probe beside the measured part, until every crossing's alert arrived and the worker
+    committed every call."""
+    items, intended = schedule
+    run = AlertRun()
+    start_box: list[float] = [0.0]
+    armed_keys = {a.encode() for a in plan.armed_ids}
+
+    def on_record(arrival: float, record: ConsumerRecord[Any, Any]) -> None:
+        if record.topic == CALLS:  # the crossing call itself reaching a bare consumer: the transport floor
+            if record.key in armed_keys:
+                cause = intended.get(json.loads(record.value)["message_id"])
+                if cause is not None:
+                    run.transport.append(arrival - (start_box[0] + cause[0]))
+            return
+        body = json.loads(record.value)
+        if body.get("type") != "CallingCreditThresholdReached":
+            return
+        cause = intended.get(body.get("causation_id"))
+        if cause is not None:
+            run.latencies.append(arrival - (start_box[0] + cause[0]))
+            run.by_threshold[cause[1]] += 1
+
+    armed = len(plan.armed_ids)
+    reader = Reader(bench.stack, ["metering.alerts", TopicPartition(CALLS, 0)], on_record)
+    await reader.start()
+    latency_producer = producer(bench.stack, linger_ms=0)  # the open loop batches every GENERATOR_LINGER_S
+    await latency_producer.start()
+    try:
+        async with Admin(bench.stack) as admin:
+            sending = asyncio.create_task(open_loop(latency_producer, items, start_box, batch_every=GENERATOR_LINGER_S))
+            if plan.warming:  # a broker started minutes ago is still compiling its produce path (JIT)
+                with bench.sampler.phase("(d) warm-up, not counted"):
+                    await asyncio.sleep(0)  # the sender sets its start before its first await
+                    assert start_box[0], "the open loop did not start"
+                    await asyncio.sleep(max(0.0, start_box[0] + plan.warmup - now()))
+            run.backlog = BacklogMonitor(admin, GROUP, [CALLS])
+            run.backlog.start()
+            run.probe = CommitProbe(bench.stack, "usage_metering")
+            await run.probe.start()
+            with bench.sampler.phase("(d) open-loop calls"):
+                run.sent = await sending
+                sent_done = now()
+                await wait_for(lambda: len(run.latencies) >= armed, 60.0, "(d) the crossing alerts", interval=0.05)
+            await run.probe.stop()
+            await run.backlog.stop()
+            ends_after = await admin.ends([CALLS])
+
+            async def caught_up() -> bool:
+                committed = await admin.committed(GROUP, list(ends_after))
+                return all(committed[tp] >= end for tp, end in ends_after.items())
+
+            await wait_for(caught_up, timeout, "(d) the worker to commit the phase's calls", interval=0.1)
+        run.drained = now() - sent_done
+    finally:
+        await latency_producer.stop()
+        await reader.stop()
+    return run
+
+
+def report_alerts(plan: AlertPlan, run: AlertRun) -> dict[str, Any]:
+    assert run.sent is not None and run.backlog is not None and run.probe is not None
+    armed = len(plan.armed_ids)
+    lag = sorted(run.sent.send_lag[plan.warming :])
     say(
-        f"   sender: {sent.sent:,} calls in {sent.duration:.1f} s ({sent.sent / sent.duration:,.0f}/s"
-        f"{', warm-up included' if warming else ''}), errors {sent.errors}; measured part: sender lag p99 "
+        f"   sender: {run.sent.sent:,} calls in {run.sent.duration:.1f} s ({run.sent.sent / run.sent.duration:,.0f}/s"
+        f"{', warm-up included' if plan.warming else ''}), errors {run.sent.errors}; measured part: sender lag p99 "
         f"{1000 * percentile(lag, 99):.1f} ms, max {1000 * lag[-1]:.1f} ms"
     )
-    say(f"   worker backlog on {CALLS} in the measured part (sampled every 0.2 s): {backlog.summary()}")
-    say(f"   worker committed the last call {drained:.2f} s after the last send")
-    say(f"   transport floor (crossing call intended send -> a bare consumer has it): {latency_line(transport)}")
-    say(f"   alert latency (crossing call intended send -> alert arrival): {latency_line(latencies)}")
-    say(f"   disk: a one-record commit (a WAL flush) every 0.1 s took {probe.summary()}")
-    say(f"   alerts by threshold: {dict(sorted(by_threshold.items()))} of {armed} crossings")
+    say(f"   worker backlog on {CALLS} in the measured part (sampled every 0.2 s): {run.backlog.summary()}")
+    say(f"   worker committed the last call {run.drained:.2f} s after the last send")
+    say(f"   transport floor (crossing call intended send -> a bare consumer has it): {latency_line(run.transport)}")
+    say(f"   alert latency (crossing call intended send -> alert arrival): {latency_line(run.latencies)}")
+    say(f"   disk: a one-record commit (a WAL flush) every 0.1 s took {run.probe.summary()}")
+    say(f"   alerts by threshold: {dict(sorted(run.by_threshold.items()))} of {armed} crossings")
     return {
-        "p99_ms": p99_ms(latencies),
-        "transport_p99_ms": p99_ms(transport),
-        "received": len(latencies),
+        "p99_ms": p99_ms(run.latencies),
+        "transport_p99_ms": p99_ms(run.transport),
+        "received": len(run.latencies),
         "expected": armed,
-        "rate": rate,
+        "rate": plan.rate,
     }
 
 
-async def _count_is(conn: Any, query: str, lo: str, hi: str, expected: int) -> bool:
-    return int(await conn.fetchval(query, lo, hi)) >= expected
+async def measure_alerts(bench: Bench, args: argparse.Namespace, rate: int, rng: random.Random) -> dict[str, Any]:
+    """(d) Open-loop alert latency at ``rate``: fresh accounts, the armed ones brought to their
+    thresholds, then the schedule."""
+    plan = plan_alerts(bench.prefix, rate, args.alert_seconds, args.alert_warmup, args.crossings)
+    kafka = producer(bench.stack)
+    await kafka.start()
+    try:
+        levels = await open_and_arm(bench, kafka, plan, rng, args.timeout)
+        schedule = alert_schedule(plan, levels, rng)
+        run = await run_alert_loop(bench, plan, schedule, args.timeout)
+    finally:
+        await kafka.stop()
+    return report_alerts(plan, run)
+
+
+async def _count_is(conn: Any, table: str, lo: str, hi: str, expected: int) -> bool:
+    return await count_between(conn, table, lo, hi) >= expected
 
 
 async def _sum_is(conn: Any, query: str, lo: str, hi: str, expected: Decimal) -> bool:
     return Decimal(await conn.fetchval(query, lo, hi)) >= expected
 
 
+# --------------------------------------------------------------------------------------- the summary
+
+
+def report_summary(
+    args: argparse.Namespace,
+    floors: Floors,
+    first: Drain,
+    cpu_b: dict[str, tuple[float, float]],
+    replay: Drain | None,
+    alerts: dict[str, Any] | None,
+    ok: bool,
+) -> None:
+    raw_rate = floors.raw_consumer
+    say("\n== summary")
+    if not first.measured:
+        say(
+            f"   sustained rate NOT MEASURED: {first.events - first.timed_events:,} of {first.events:,} events were "
+            "committed before the group was formed (use more --events)"
+        )
+    else:
+        say(f"   sustained {first.rate:,.0f} events/s (target >= 25,000): {verdict(first.rate >= 25_000)}")
+        say(
+            f"   {100 * first.rate / raw_rate:.1f} % of the raw consumer rate {raw_rate:,.0f}/s (target >= 40 %): "
+            f"{verdict(first.rate >= 0.4 * raw_rate)}"
+        )
+    if replay is not None:
+        replay_rate = f"{replay.rate:,.0f} events/s" if replay.measured else "rate NOT MEASURED (use more --events)"
+        say(f"   replay {replay_rate}, accrual unchanged: {verdict(ok)}")
+    if alerts is not None:
+        say(
+            f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "
+            f"alerts (target <= 100 ms): {verdict(alerts['p99_ms'] <= 100 and alerts['received'] == alerts['expected'])}"
+        )
+    say(f"   worker CPU during (b): {replicas_cpu(cpu_b, SERVICE):.0f} % of a core, {args.replicas} replica(s)")
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
 async def main() -> int:
-    global REPLICAS
     args = parse_args()
-    REPLICAS = args.replicas
-    stack = stack_from(args)
-    prefix = run_prefix("um")
-    banner(
+    bench = await begin(
+        args,
+        "um",
         "usage metering benchmark",
-        stack,
         events=args.events,
         accounts=args.accounts,
         replicas=args.replicas,
         dup_rate=args.dup_rate,
-        run=prefix,
     )
-    await provision(stack)
-    workers = Workers(stack, prefix)
-    sampler = CpuSampler(stack, workers)
     rng = random.Random(args.seed)
     try:
-        # 0. Accounts first, recorded by the worker; then the worker stops.
-        ids = [f"{prefix}-{i:05d}" for i in range(args.accounts)]
-        check_contract(AccountOpened, account_opened_json(new_id(), ids[0], OPENED_AT))
-        await start_metering(workers)
-        kafka = producer(stack)
+        kafka = producer(bench.stack)
         await kafka.start()
         try:
-            await produce_batched(
-                kafka,
-                PLATFORM_ACCOUNTS.name,
-                PLATFORM_ACCOUNTS.partitions,
-                ((a.encode(), account_opened_json(new_id(), a, OPENED_AT)) for a in ids),
-            )
-            lo, hi = prefix_bounds(prefix)
-            conn = await connect(stack, "usage_metering")
-            try:
-                took = await wait_for(
-                    lambda: _count_is(
-                        conn, "select count(*) from accounts where account_id between $1 and $2", lo, hi, len(ids)
-                    ),
-                    args.timeout,
-                    "the worker to record the accounts",
-                )
-            finally:
-                await conn.close()
-            say(f"0. {len(ids):,} accounts opened and recorded by the worker in {took:.1f} s")
-            stop_metering(workers)
-
-            # 1. Fill usage.calls while no worker runs.
-            started = now()
-            fill = make_fill(prefix, args.accounts, args.events, args.dup_rate, rng)
-            check_contract(CallCharged, fill.records[0][1])
-            generated = now() - started
-            starts = await end_offsets(stack, [CALLS])
-            started = now()
-            await produce_batched(kafka, CALLS, USAGE_CALLS.partitions, fill.records)
-            produced = now() - started
-            ends = await end_offsets(stack, [CALLS])
+            await open_accounts(bench, args, kafka)
+            fill, starts, ends = await fill_calls(bench, args, kafka, rng)
         finally:
             await kafka.stop()
-        in_range = sum(ends[tp] - starts[tp] for tp in ends)
-        size = sum(len(v) for _, v in fill.records) / len(fill.records)
-        say(
-            f"1. filled {CALLS}: {args.events:,} events ({fill.unique:,} calls + {fill.duplicates:,} duplicate reports, "
-            f"~{size:.0f} B each), generated in {generated:.1f} s, produced in {produced:.1f} s "
-            f"({args.events / produced:,.0f}/s); {in_range:,} records in the range"
-        )
-        if in_range != args.events:
-            raise RuntimeError(f"expected {args.events} records in the range, found {in_range}")
-
-        # (a) raw limits.
-        with sampler.phase("(a) raw consumer"), garbage_collected_like_a_worker():
-            raw_n, raw_s = await raw_consumer_rate(stack, starts, ends, args.timeout)
-        raw_rate = raw_n / raw_s
-        say(f"(a) raw consumer (getmany + json.loads): {raw_n:,} in {raw_s:.2f} s = {raw_rate:,.0f} events/s")
-        with sampler.phase("(a) raw asyncpg insert"):
-            db_n, db_s = await raw_insert_rate(stack, fill)
-        db_rate = len(fill.raw_accounts) / db_s
-        say(
-            f"(a) raw asyncpg set-based insert (5,000-row unnest, on conflict, returning): {len(fill.raw_accounts):,} rows "
-            f"({db_n:,} new) in {db_s:.2f} s = {db_rate:,.0f} rows/s"
-        )
-        floors = {}
-        for contract, what in ((False, "json.loads"), (True, "the contract's validation")):
-            with sampler.phase(f"(a) floor pipeline with {what}, {REPLICAS} processes"):
-                floor_n, floor_s, floor_cpu = await floor_rate(stack, starts, ends, REPLICAS, contract, args.timeout)
-            floors[contract] = floor_n / floor_s
-            say(
-                f"(a) floor pipeline ({REPLICAS} bare processes: getmany + {what} + metering's deduplicating insert, "
-                f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floors[contract]:,.0f} events/s = "
-                f"{100 * floors[contract] / raw_rate:.1f} % of the raw consumer; their own CPU "
-                f"{1e6 * floor_cpu / floor_n:.1f} µs an event"
-            )
-        expected_total = Decimal(fill.total_micros) / 1_000_000
-        unique = fill.unique
+        floors = await measure_floors(bench, args, fill, starts, ends)
+        expected, unique = Decimal(fill.total_micros) / 1_000_000, fill.unique
         del fill  # ~1 GB of Python objects: free them before the worker runs (and before the GC-quiet phases)
         gc.collect()
 
-        # (b) the worker, from the start of the range to the end.
-        await reset_calls_offsets(stack, starts)
-        first, cpu_b = await drain(stack, workers, sampler, starts, ends, args.timeout, "(b)")
-        meters, billable, over_cap, calls = await accrual(stack, prefix)
-        say(
-            f"(b) worker: {first.describe()}; "
-            f"{100 * first.rate / raw_rate:.1f} % of the raw consumer, {100 * first.rate / db_rate:.1f} % of the raw insert, "
-            f"{100 * first.rate / floors[True]:.1f} % of the floor pipeline with the contract's validation"
-        )
-        ok_sum = billable + over_cap == expected_total and calls == unique
-        say(
-            f"    accrual: {meters:,} meters, billable {billable}, over_cap {over_cap}, calls {calls:,}; "
-            f"expected billable+over_cap {expected_total} and {unique:,} calls: {'OK' if ok_sum else 'MISMATCH'}"
-        )
-
-        # (c) replay the same range.
+        first, cpu_b, books, ok = await measure_service(bench, args, starts, ends, floors, expected, unique)
         replay: Drain | None = None
         if not args.skip_replay:
-            stop_metering(workers)
-            await reset_calls_offsets(stack, starts)
-            replay, _ = await drain(stack, workers, sampler, starts, ends, args.timeout, "(c) replay")
-            again = await accrual(stack, prefix)
-            same = again == (meters, billable, over_cap, calls)
-            say(
-                f"(c) replay of all {replay.events:,}: {replay.describe()}; "
-                f"accrual after: {again[0]:,} meters, billable {again[1]}, over_cap {again[2]}, calls {again[3]:,}: "
-                f"{'UNCHANGED' if same else 'CHANGED'}"
-            )
-            ok_sum = ok_sum and same
-
-        # (d) alert latency at half the sustained rate.
+            replay, same = await measure_replay(bench, args, starts, ends, books)
+            ok = ok and same
         alerts: dict[str, Any] | None = None
         if not args.skip_alerts:
-            rate = args.alert_rate or (max(100, int(first.rate / 2)) if first.measured else FALLBACK_ALERT_RATE)
-            if not args.alert_rate and not first.measured:
-                say(
-                    f"   most of (b) was committed before the group was formed: (d) runs at {FALLBACK_ALERT_RATE:,}/s (more --events to derive it)"
-                )
-            alerts = await alert_latency(
-                stack,
-                workers,
-                sampler,
-                prefix,
-                rate,
-                args.alert_seconds,
-                args.alert_warmup,
-                args.crossings,
-                args.timeout,
-                rng,
-            )
-        workers.stop_all()
+            alerts = await measure_alerts(bench, args, alert_rate(args, first), rng)
+        bench.workers.stop_all()
 
-        say("\n== summary")
-        if not first.measured:
-            say(
-                f"   sustained rate NOT MEASURED: {first.events - first.timed_events:,} of {first.events:,} events were "
-                "committed before the group was formed (use more --events)"
-            )
-        else:
-            say(f"   sustained {first.rate:,.0f} events/s (target >= 25,000): {verdict(first.rate >= 25_000)}")
-            say(
-                f"   {100 * first.rate / raw_rate:.1f} % of the raw consumer rate {raw_rate:,.0f}/s (target >= 40 %): "
-                f"{verdict(first.rate >= 0.4 * raw_rate)}"
-            )
-        if replay is not None:
-            replay_rate = f"{replay.rate:,.0f} events/s" if replay.measured else "rate NOT MEASURED (use more --events)"
-            say(f"   replay {replay_rate}, accrual unchanged: {verdict(ok_sum)}")
-        if alerts is not None:
-            say(
-                f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "
-                f"alerts (target <= 100 ms): {verdict(alerts['p99_ms'] <= 100 and alerts['received'] == alerts['expected'])}"
-            )
-        say(f"   worker CPU during (b): {replicas_cpu(cpu_b, SERVICE):.0f} % of a core, {REPLICAS} replica(s)")
-        return 0 if ok_sum else 1
+        report_summary(args, floors, first, cpu_b, replay, alerts, ok)
+        return 0 if ok else 1
     finally:
-        workers.stop_all()
+        bench.workers.stop_all()
 
 
 if __name__ == "__main__":

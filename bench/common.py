@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import random
 import secrets
@@ -32,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
+from contracts.topics import PLATFORM_ACCOUNTS
 from shared.db import postgres_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +167,26 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+@dataclass(frozen=True)
+class Bench:
+    """What every phase of a benchmark run uses: the stack, the run's prefix, its workers, the CPU sampler."""
+
+    stack: Stack
+    prefix: str
+    workers: Workers
+    sampler: CpuSampler
+
+
+async def begin(args: argparse.Namespace, tag: str, title: str, **sizes: Any) -> Bench:
+    """The start of every run: the stack from the arguments, a fresh prefix, the banner, the topics."""
+    stack = stack_from(args)
+    prefix = run_prefix(tag)
+    banner(title, stack, **sizes, run=prefix)
+    await provision(stack)
+    workers = Workers(stack, prefix)
+    return Bench(stack, prefix, workers, CpuSampler(stack, workers))
+
+
 # -------------------------------------------------------------------------------------------- workers
 
 
@@ -224,9 +246,12 @@ class Workers:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{name} not ready after {timeout} s:\n{tail(worker.log)}")
 
-    async def start_ready(self, service: str, name: str | None = None, **env: str) -> float:
-        worker = self.start(service, name, **env)
-        return await self.wait_ready(worker.name)
+    async def start_ready_together(self, workers: Sequence[tuple[str, str]]) -> None:
+        """Start ``(service, name)`` workers all at once, then wait until each one is ready."""
+        for service, name in workers:
+            self.start(service, name)
+        for _, name in workers:
+            await self.wait_ready(name)
 
     def stop(self, name: str, timeout: float = 30.0) -> None:
         worker = self.running.pop(name)
@@ -399,19 +424,6 @@ async def provision(stack: Stack) -> None:
     await create_topics(stack.bootstrap)
 
 
-async def ensure_topic(stack: Stack, name: str, partitions: int) -> None:
-    """A benchmark-only topic (e.g. for the raw round trip), created explicitly, never auto-created."""
-    from aiokafka.admin import NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        if name not in await admin.list_topics():
-            await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
-
-
 class KeyPartitioner:
     """The producer's default key partitioning (murmur2), cached per key: same partition as ``send(key=...)``."""
 
@@ -465,6 +477,46 @@ async def produce_batched(
             pending.append(await producer.send_batch(builder, topic, partition=p))
     await asyncio.gather(*pending)
     return count
+
+
+async def produce_accounts_opened(producer: AIOKafkaProducer, account_ids: Iterable[str], opened_at: str) -> int:
+    """An ``AccountOpened`` per account on ``platform.accounts`` (billing day 1)."""
+    return await produce_batched(
+        producer,
+        PLATFORM_ACCOUNTS.name,
+        PLATFORM_ACCOUNTS.partitions,
+        ((a.encode(), account_opened_json(new_id(), a, opened_at)) for a in account_ids),
+    )
+
+
+async def raw_consumer_rate(
+    stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int], timeout: float
+) -> tuple[int, float]:
+    """(records, seconds) for a bare consumer reading [starts, ends): getmany + json.loads, nothing else."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(ends))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        wanted = {tp: end for tp, end in ends.items() if end > starts[tp]}
+        count = 0
+        started = now()
+        while wanted:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        json.loads(record.value)
+                        count += 1
+                if tp in wanted and records and records[-1].offset + 1 >= wanted[tp]:
+                    del wanted[tp]
+                    consumer.pause(tp)
+            if now() - started > timeout:
+                raise TimeoutError("raw consumer did not reach the end of the range")
+        return count, now() - started
+    finally:
+        await consumer.stop()
 
 
 async def end_offsets(stack: Stack, topics: Sequence[str]) -> dict[TopicPartition, int]:
@@ -853,12 +905,14 @@ async def connect(stack: Stack, database: str) -> asyncpg.Connection:
     return await asyncpg.connect(stack.dsn(database))
 
 
-async def fetchval(stack: Stack, database: str, query: str, *params: Any) -> Any:
-    conn = await connect(stack, database)
-    try:
-        return await conn.fetchval(query, *params)
-    finally:
-        await conn.close()
+def prefix_bounds(prefix: str) -> tuple[str, str]:
+    """Account ids of a run sort between these (ids use [A-Za-z0-9_-], all below '~')."""
+    return f"{prefix}-", f"{prefix}-~"
+
+
+async def count_between(conn: asyncpg.Connection, table: str, lo: str, hi: str) -> int:
+    """Rows of ``table`` whose account id sorts between ``lo`` and ``hi`` (one run's accounts)."""
+    return int(await conn.fetchval(f"select count(*) from {table} where account_id between $1 and $2", lo, hi))
 
 
 # ------------------------------------------------------------------------------------------ messages
