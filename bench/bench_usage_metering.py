@@ -5,10 +5,12 @@
    6 decimals, ~1 % duplicate reports), pre-serialised and sent in batches.
 2. (a) raw limits, same run: a bare aiokafka consumer (``getmany`` + ``json.loads``, nothing else)
    reading exactly that range, and a bare asyncpg set-based insert of the same rows; then the
-   floor pipeline: as many bare processes as replicas, reading the range and recording the calls
-   with metering's own deduplicating insert, nothing else (bench/floor_pipeline.py), once with
-   ``json.loads`` and once validating each call against the contract's model. What they reach
-   is the most any implementation of the service could reach with these tables here.
+   floor pipelines: as many bare processes as replicas, reading the range and recording the calls,
+   nothing else (bench/floor_pipeline.py): with metering's own deduplicating insert, once with
+   ``json.loads`` and once validating each call against the contract's model; and with
+   ``json.loads`` and a binary ``COPY`` into the same keyed table (repeats dropped in memory), the
+   cheapest durable write of the calls any design needs. What they reach is the most an
+   implementation of the service could reach with each way of writing the ledger here.
 3. (b) starts the worker with the group's offsets at the start of the range and times it until
    the ``usage-metering`` group has committed the end of the range; checks the accrual.
 4. (c) replay: stops the worker, rewinds the group to the start of the range, lets it process
@@ -268,12 +270,12 @@ async def floor_rate(
     starts: dict[TopicPartition, int],
     ends: dict[TopicPartition, int],
     processes: int,
-    contract: bool,
+    mode: str,
     timeout: float,
 ) -> tuple[int, float, float]:
     """(records, seconds, process CPU seconds) for ``processes`` bare processes reading the range
-    and recording the calls with metering's deduplicating insert, nothing else (bench/floor_pipeline.py);
-    ``contract``: each call validated against the contract's model, as the service reads it."""
+    and recording the calls, nothing else (bench/floor_pipeline.py; ``mode``: ``json`` or
+    ``contract`` with metering's deduplicating insert, ``copy`` by binary ``COPY``)."""
     conn = await connect(stack, "bench_raw")  # created by raw_insert_rate
     try:
         await conn.execute(floor_pipeline.CREATE_TABLE)
@@ -293,7 +295,7 @@ async def floor_rate(
                 stack.bootstrap,
                 CALLS,
                 json.dumps(ranges),
-                *(["contract"] if contract else []),
+                mode,
                 stdout=asyncio.subprocess.PIPE,
             )
         )
@@ -485,11 +487,18 @@ async def fill_calls(
 # -------------------------------------------------------------------------------- (a) the floors
 
 
+FLOOR_PIPELINES = {  # bench/floor_pipeline.py's modes, and what each does to a batch
+    "json": "json.loads + metering's deduplicating insert",
+    "contract": "the contract's validation + metering's deduplicating insert",
+    "copy": "json.loads + repeats dropped in memory + binary COPY",
+}
+
+
 @dataclass
 class Floors:
     raw_consumer: float  # events/s
     raw_insert: float  # rows/s
-    pipeline: dict[bool, float]  # events/s of the floor pipeline, by "validated against the contract"
+    pipeline: dict[str, float]  # events/s of the floor pipelines, by mode (bench/floor_pipeline.py)
 
 
 async def measure_floors(bench: Bench, args: argparse.Namespace, fill: Fill, starts: Range, ends: Range) -> Floors:
@@ -505,16 +514,16 @@ async def measure_floors(bench: Bench, args: argparse.Namespace, fill: Fill, sta
         f"(a) raw asyncpg set-based insert (5,000-row unnest, on conflict, returning): {len(fill.raw_accounts):,} rows "
         f"({db_n:,} new) in {db_s:.2f} s = {db_rate:,.0f} rows/s"
     )
-    floors: dict[bool, float] = {}
+    floors: dict[str, float] = {}
     replicas = args.replicas
-    for contract, what in ((False, "json.loads"), (True, "the contract's validation")):
+    for mode, what in FLOOR_PIPELINES.items():
         with bench.sampler.phase(f"(a) floor pipeline with {what}, {replicas} processes"):
-            floor_n, floor_s, floor_cpu = await floor_rate(bench.stack, starts, ends, replicas, contract, args.timeout)
-        floors[contract] = floor_n / floor_s
+            floor_n, floor_s, floor_cpu = await floor_rate(bench.stack, starts, ends, replicas, mode, args.timeout)
+        floors[mode] = floor_n / floor_s
         say(
-            f"(a) floor pipeline ({replicas} bare processes: getmany + {what} + metering's deduplicating insert, "
-            f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floors[contract]:,.0f} events/s = "
-            f"{100 * floors[contract] / raw_rate:.1f} % of the raw consumer; their own CPU "
+            f"(a) floor pipeline ({replicas} bare processes: getmany + {what}, "
+            f"nothing else): {floor_n:,} in {floor_s:.2f} s = {floors[mode]:,.0f} events/s = "
+            f"{100 * floors[mode] / raw_rate:.1f} % of the raw consumer; their own CPU "
             f"{1e6 * floor_cpu / floor_n:.1f} µs an event"
         )
     return Floors(raw_rate, db_rate, floors)
@@ -537,7 +546,8 @@ async def measure_service(
         f"(b) worker: {first.describe()}; "
         f"{100 * first.rate / floors.raw_consumer:.1f} % of the raw consumer, "
         f"{100 * first.rate / floors.raw_insert:.1f} % of the raw insert, "
-        f"{100 * first.rate / floors.pipeline[True]:.1f} % of the floor pipeline with the contract's validation"
+        f"{100 * first.rate / floors.pipeline['contract']:.1f} % of the floor pipeline with the contract's validation, "
+        f"{100 * first.rate / floors.pipeline['copy']:.1f} % of the COPY floor pipeline"
     )
     ok = billable + over_cap == expected and calls == unique
     say(
@@ -850,6 +860,8 @@ def report_summary(
             f"   {100 * first.rate / raw_rate:.1f} % of the raw consumer rate {raw_rate:,.0f}/s (target >= 40 %): "
             f"{verdict(first.rate >= 0.4 * raw_rate)}"
         )
+        copy_rate = floors.pipeline["copy"]
+        say(f"   {100 * first.rate / copy_rate:.1f} % of the COPY floor pipeline {copy_rate:,.0f}/s (no target)")
     if replay is not None:
         replay_rate = f"{replay.rate:,.0f} events/s" if replay.measured else "rate NOT MEASURED (use more --events)"
         say(f"   replay {replay_rate}, accrual unchanged: {verdict(ok)}")
