@@ -2,13 +2,15 @@
 
 An office admin buys user licenses mid-cycle (prorated), over-invites, schedules a removal and
 takes it back; calls accrue up to the 250.00 USD cap with alerts and a block; support raises
-the cap; a desk-phone order comes in; the scheduler closes the cycle and the invoice is printed.
+the cap; a desk-phone order comes in; the scheduler closes the cycle (``billing close-cycles``)
+and the operators' command shows the invoice and the account (``billing invoice``, ``billing account``).
 Run by ``scripts/start``; ``python -m deploy.demo`` works when the workers already run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -21,7 +23,6 @@ from deploy.client import Bus
 ADMIN = Actor(id="admin@acme", role="office_admin")
 PROVISIONING = Actor(id="provisioning", role="service")
 SUPPORT = Actor(id="support@phone.example", role="support")
-SCHEDULER = Actor(id="scheduler", role="service")
 OUTPUTS = ["licensing.events", "metering.alerts", "billing.invoices", "billing.cycles"]
 
 
@@ -41,6 +42,13 @@ class Demo:
         reply_topic = {"licensing.commands": "licensing.events", "metering.commands": "metering.alerts"}[topic]
         replies = await self.bus.wait_count(reply_topic, 1, timeout=60, causation_id=str(sent.message_id))
         return replies[0]
+
+
+async def billing(*args: str) -> None:
+    """Run the operators' command (``billing``, installed with the project) as an operator would."""
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_cli", *args)
+    if await process.wait() != 0:
+        raise SystemExit(f"billing {' '.join(args)} failed with exit code {process.returncode}")
 
 
 def show(title: str, reply: dict[str, Any], *fields: str) -> None:
@@ -121,25 +129,16 @@ async def run() -> None:
         )
         await asyncio.sleep(1)
 
-        print("\n== The scheduler closes every cycle ending by 2026-12-01")
-        close = m.CloseBillingCycles(
-            message_id=uuid.uuid4(),
-            account_id="scheduler",
-            occurred_at=datetime.now(UTC),
-            actor=SCHEDULER,
-            as_of=date(2026, 12, 1),
-            account_ids=[account],
+        print("\n== The scheduler closes every cycle ending by 2026-12-01 (billing close-cycles, as its cron job)")
+        await billing(
+            "close-cycles", "--as-of", "2026-12-01", "--account", account, "--actor", "scheduler", "--role", "service"
         )
-        await bus.send("billing.commands", close)
         [invoice] = await bus.wait_count("billing.invoices", 1, timeout=60, account_id=account)
-        print(
-            f"  invoice {invoice['invoice_id']} for {invoice['cycle_start']} - {invoice['cycle_end']}, due {invoice['due_on']}"
-        )
-        for line in invoice["lines"]:
-            print(f"    {line['kind']:16} {line['description']:58} {line['amount']:>9}")
-        print(f"    {'total':16} {'':58} {invoice['total']:>9} {invoice['currency']}")
-        [closed] = await bus.wait_count("billing.cycles", 1, account_id=account, type="BillingCycleClosed")
-        print(f"  next cycle {closed['next_cycle_start']} - {closed['next_cycle_end']}")
+        print(f"\n== The invoice as issued (billing invoice {invoice['invoice_id']})")
+        await billing("invoice", invoice["invoice_id"])
+        await bus.wait_count("billing.cycles", 1, account_id=account, type="BillingCycleClosed")
+        print(f"\n== The account now (billing account {account})")
+        await billing("account", account)
     finally:
         await bus.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -234,25 +233,6 @@ async def test_a_trigger_closes_its_accounts_chunk_by_chunk_all_under_its_own_id
     assert requested == [(trigger.message_id,)]
     closing = [e for e in stack.matching("billing.cycles", type="BillingCycleClosing") if e["account_id"] in accounts]
     assert len(closing) == 5 and {e["causation_id"] for e in closing} == {str(trigger.message_id)}
-
-
-async def test_the_cron_command_closes_the_accounts_and_prints_the_summary(stack: Bus, dbs) -> None:
-    accounts = [await open_account(stack) for _ in range(3)]
-    for account in accounts:
-        await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 10), product="user", quantity=2)
-    command = [sys.executable, "-m", "services.cycle_close", "close-cycles", "--as-of", "2026-12-01", "--timeout", "90"]
-    for account in accounts:
-        command += ["--account", account]
-    cli = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    output, _ = await asyncio.wait_for(cli.communicate(), timeout=120)
-    printed = output.decode()
-
-    billed = await scalar(dbs["cycle_close"], "select sum(total) from invoices where account_id = any(:a)", a=accounts)
-    assert cli.returncode == 0, printed
-    assert f"accounts closed 3, invoices issued 3, total billed {billed} USD" in printed, printed
-    assert billed > 0
 
 
 async def test_an_office_admin_cannot_trigger_a_close(stack: Bus, dbs) -> None:

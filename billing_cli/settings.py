@@ -1,0 +1,24 @@
+"""The operator command's own settings: how it reaches Kafka (``BILLING_KAFKA_*``, as the
+services) and who the operator is (``BILLING_OPERATOR_ID``, else the login name)."""
+
+from __future__ import annotations
+
+import getpass
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "operator"
+
+
+class CliSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    operator_id: str = Field(default_factory=_login)

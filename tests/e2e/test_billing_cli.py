@@ -1,0 +1,132 @@
+"""The ``billing`` command as an operator runs it: a process of its own against the running services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts import messages as m
+from tests import support
+from tests.support import ADMIN, SERVICE, Bus, message, scalar, wait_until
+
+pytestmark = pytest.mark.stack
+BILLING = str(Path(sys.executable).with_name("billing"))  # the console script the project installs
+
+
+async def billing(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run ``billing ARGS``; its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        BILLING, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def billing_json(*args: str) -> Any:
+    code, out, err = await billing(*args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def licensing(
+    bus: Bus, model: type[m.Command], account: str, day: date, actor: Any = ADMIN, **fields: Any
+) -> None:
+    sent = message(model, account, day, actor=actor, **fields)
+    await bus.send("licensing.commands", sent)
+    [reply] = await bus.wait_count("licensing.events", 1, causation_id=str(sent.message_id))
+    assert reply["type"] != "CommandRejected", reply
+
+
+async def test_account_shows_what_the_services_hold_after_a_purchase_an_assignment_and_calls(stack: Bus, dbs) -> None:
+    account = await support.open_account(stack)
+    await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 10), product="user", quantity=3)
+    await licensing(
+        stack, m.AssignLicense, account, date(2026, 11, 11), actor=SERVICE, product="user", assignee_id="ann"
+    )
+    await licensing(stack, m.RemoveLicenses, account, date(2026, 11, 12), product="user", quantity=1)
+    for n, cost in enumerate(("100.00", "30.50")):
+        await stack.send(
+            "usage.calls", message(m.CallCharged, account, date(2026, 11, 20), call_id=f"c{n}", cost=Decimal(cost))
+        )
+    await wait_until(
+        lambda: scalar(dbs["usage_metering"], "select count(*) = 2 from calls where account_id = :a", a=account),
+        what="metering to record both calls",
+    )
+
+    shown = await billing_json("account", account)
+
+    user = next(p for p in shown["licenses"]["products"] if p["product"] == "user")
+    assert (user["purchased"], user["assigned"], user["scheduled_for_removal"], user["available"]) == (3, 1, 1, 1)
+    usage = shown["calling_credits"]
+    assert (usage["cap"], usage["accrued"], usage["blocked"], usage["thresholds_reached"]) == (
+        "250.00",
+        "130.500000",
+        False,
+        [50],
+    )
+    assert (usage["cycle_start"], usage["cycle_end"]) == ("2026-11-01", "2026-12-01")
+    assert shown["invoices"] == []
+    code, table, _ = await billing("account", account)
+    assert code == 0 and "accrued 130.500000 of cap 250.00 USD" in table and "calling allowed" in table, table
+
+
+async def test_close_cycles_prints_a_progress_line_and_its_summary_and_invoices_show_the_lines(stack: Bus, dbs) -> None:
+    accounts = [await support.open_account(stack) for _ in range(3)]
+    for account in accounts:
+        await licensing(stack, m.PurchaseLicenses, account, date(2026, 11, 16), product="user", quantity=2)
+    accounts_args = [arg for account in accounts for arg in ("--account", account)]
+
+    code, printed, err = await billing("close-cycles", "--as-of", "2026-12-01", *accounts_args, "--timeout", "90")
+
+    billed = await scalar(dbs["cycle_close"], "select sum(total) from invoices where account_id = any(:a)", a=accounts)
+    assert code == 0, printed + err
+    assert "/3 invoices issued" in printed and "3/3 invoices issued" in printed, printed
+    assert f"accounts closed 3, invoices issued 3, total billed {billed} USD" in printed, printed
+    [last] = (await billing_json("account", accounts[0]))["invoices"]
+    assert (last["cycle_start"], last["total"]) == ("2026-11-01", "45.00")  # 15.00 prorated + 30.00 in advance
+    issued = await billing_json("invoice", last["invoice_id"])
+    assert sorted((line["kind"], line["amount"]) for line in issued["lines"]) == [
+        ("proration", "15.00"),
+        ("recurring", "30.00"),
+    ]
+    assert [v["invoice_id"] for v in await billing_json("invoices", "--account", accounts[0])] == [last["invoice_id"]]
+
+
+async def test_alerts_tail_follows_the_alerts_of_one_account_live(stack: Bus) -> None:
+    account = await support.open_account(stack)
+    other = await support.open_account(stack)
+    tail = await asyncio.create_subprocess_exec(
+        BILLING, "alerts", "tail", "--account", account, "--limit", "2", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert tail.stderr is not None
+    assert b"following" in await asyncio.wait_for(tail.stderr.readline(), 30)  # positions taken: nothing is missed
+
+    for who in (other, account):
+        await stack.send(
+            "usage.calls", message(m.CallCharged, who, date(2026, 11, 20), call_id="big", cost=Decimal("210.00"))
+        )
+    out, _ = await asyncio.wait_for(tail.communicate(), 60)
+
+    alerts = [json.loads(line) for line in out.decode().splitlines()]
+    assert tail.returncode == 0
+    assert [(a["account_id"], a["type"], a.get("threshold_percent")) for a in alerts] == [
+        (account, "CallingCreditThresholdReached", 50),
+        (account, "CallingCreditThresholdReached", 80),
+    ]
+
+
+async def test_what_is_not_there_exits_1_and_bad_usage_exits_2(stack: Bus) -> None:
+    assert (await billing("account", "nobody-at-all"))[0] == 1
+    assert (await billing("invoice", "00000000-0000-0000-0000-000000000000"))[0] == 1
+    assert (await billing("invoice", "not-an-id"))[0] == 2
+    assert (await billing("prices", "no_such_product", "1.00"))[0] == 1
+    assert (await billing("close-cycles"))[0] == 2  # --as-of is required

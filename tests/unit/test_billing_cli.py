@@ -1,0 +1,66 @@
+"""The ``billing`` command's surface without the stack: help on every level, bad usage exits 2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from billing_cli.app import app
+from billing_cli.output import jsonable
+
+runner = CliRunner()
+
+
+def command_paths() -> list[list[str]]:
+    """Every group and command of the app, as the words an operator types."""
+    paths: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():  # a group's commands
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_every_group_and_command_is_listed() -> None:
+    names = {" ".join(p) for p in command_paths()}
+    assert {"close-cycles", "prices", "account", "invoice", "invoices", "alerts tail", "dlq list", "dlq show"} <= names
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "billing")
+def test_help_works_on_every_level(path: list[str]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-such-command"],
+        ["close-cycles"],  # --as-of is required
+        ["close-cycles", "--as-of", "December"],
+        ["prices", "user"],  # a product without a price
+        ["prices", "user", "15.001"],
+        ["prices", "user", "-1"],
+        ["invoice", "not-a-uuid"],
+        ["dlq", "show", "nothing-7"],
+    ],
+)
+def test_bad_usage_exits_2(args: list[str]) -> None:
+    assert runner.invoke(app, args).exit_code == 2
+
+
+def test_money_and_dates_go_to_json_as_strings() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from services.license_orders.queries import ProductLicenses
+
+    assert jsonable({"a": Decimal("1.50"), "d": date(2026, 12, 1)}) == {"a": "1.50", "d": "2026-12-01"}
+    assert jsonable(ProductLicenses("user", 3, 1, 1))["available"] == 1
