@@ -13,8 +13,9 @@ from contracts.topics import (
     METERING_USAGE,
     PLATFORM_ACCOUNTS,
 )
-from services.cycle_close.handlers import configure, registry
+from services.cycle_close.handlers import registry
 from services.cycle_close.settings import Settings
+from services.cycle_close.storage import CloseStore
 from shared.runtime.worker import Subscription, Worker, build_worker
 
 SERVICE = "cycle-close"
@@ -22,7 +23,6 @@ SERVICE = "cycle-close"
 
 def create_worker(settings: Settings | None = None) -> Worker:
     settings = settings or Settings()
-    configure(close_chunk_accounts=settings.close_chunk_accounts)
     return build_worker(
         SERVICE,
         settings,
@@ -33,6 +33,7 @@ def create_worker(settings: Settings | None = None) -> Worker:
         ],
         publishes=[BILLING_INVOICES.name, BILLING_CYCLES.name, f"{BILLING_CHARGES.name}.dlq"],
         migrations_dir=Path(__file__).parent / "migrations",
+        store=CloseStore,
         description="Closes billing cycles into exactly one invoice per account and cycle.",
     )
 

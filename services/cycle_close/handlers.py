@@ -9,20 +9,14 @@ from datetime import UTC, datetime, time
 from contracts import messages as m
 from contracts.topics import BILLING_CHARGES, BILLING_COMMANDS, BILLING_CYCLES, BILLING_INVOICES
 from services.cycle_close import domain
+from services.cycle_close.settings import Settings
 from services.cycle_close.storage import CloseStore
 from shared.cycles import Cycle, cycle_containing, cycles_ending_by, next_cycle
-from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import HandlerRegistry, UnitOfWork
 
 registry = HandlerRegistry()
 INVOICE_NAMESPACE = uuid.UUID("3b0e1c52-6a43-4c1e-9a57-1f1a8d0c5e11")
-_limits = {"close_chunk_accounts": 5000}
-
-
-def configure(close_chunk_accounts: int) -> None:
-    """From the worker's settings: accounts a trigger closes per transaction."""
-    if close_chunk_accounts < 1:
-        raise ValueError("close_chunk_accounts must be at least 1")
-    _limits["close_chunk_accounts"] = close_chunk_accounts
+Work = UnitOfWork[CloseStore, Settings]
 
 
 def invoice_id_for(account_id: str, cycle: Cycle) -> uuid.UUID:
@@ -31,18 +25,18 @@ def invoice_id_for(account_id: str, cycle: Cycle) -> uuid.UUID:
 
 
 @registry.on(m.AccountOpened)
-async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
+async def account_opened(unit: Work, event: m.AccountOpened) -> None:
     await unit.lock_account(event.account_id)
     first = cycle_containing(event.billing_day, event.business_date)
-    await CloseStore(unit.session).open_account(event.account_id, event.billing_day, first)
+    await unit.store.open_account(event.account_id, event.billing_day, first)
     for parked in await unit.release_parked(event.account_id):
         if isinstance(parked, m.DevicePurchased):
             await device_purchased(unit, parked)
 
 
 @registry.on(m.DevicePurchased)
-async def device_purchased(unit: Unit, event: m.DevicePurchased) -> None:
-    store = CloseStore(unit.session)
+async def device_purchased(unit: Work, event: m.DevicePurchased) -> None:
+    store = unit.store
     if not await store.account_exists(event.account_id):
         await unit.lock_account(event.account_id)  # it may be opening right now: wait, then look again
         if not await store.account_exists(event.account_id):
@@ -55,7 +49,7 @@ async def device_purchased(unit: Unit, event: m.DevicePurchased) -> None:
 
 
 @registry.on(m.CloseBillingCycles)
-async def close_cycles(unit: Unit, command: m.CloseBillingCycles) -> None:
+async def close_cycles(unit: Work, command: m.CloseBillingCycles) -> None:
     """Ask every account with a cycle ending by ``as_of`` to seal it, oldest cycle first.
 
     A chunk of accounts per transaction: when the chunk is full, the same command goes back to
@@ -63,9 +57,9 @@ async def close_cycles(unit: Unit, command: m.CloseBillingCycles) -> None:
     the same continuation) and picks up the accounts still due. Every chunk's close requests
     carry the id of the trigger that started the chain."""
     domain.authorize_close(command.actor.role)
-    store = CloseStore(unit.session)
+    store = unit.store
     trigger_id = await store.trigger_of(command.message_id)
-    chunk = _limits["close_chunk_accounts"]
+    chunk = unit.settings.close_chunk_accounts
     due = await store.accounts_due(command.as_of, command.account_ids, limit=chunk)
     requests: list[tuple[str, Cycle]] = []
     advanced: list[tuple[str, Cycle]] = []
@@ -98,18 +92,18 @@ async def close_cycles(unit: Unit, command: m.CloseBillingCycles) -> None:
 
 
 @registry.on_batch(m.LicenseCycleSealed)
-async def licenses_sealed(unit: Unit, reports: list[m.LicenseCycleSealed]) -> None:
+async def licenses_sealed(unit: Work, reports: list[m.LicenseCycleSealed]) -> None:
     await _reports_in(unit, reports, "license_report")
 
 
 @registry.on_batch(m.UsageCycleSealed)
-async def usage_sealed(unit: Unit, reports: list[m.UsageCycleSealed]) -> None:
+async def usage_sealed(unit: Work, reports: list[m.UsageCycleSealed]) -> None:
     await _reports_in(unit, reports, "usage_report")
 
 
-async def _reports_in(unit: Unit, reports: Sequence[m.LicenseCycleSealed | m.UsageCycleSealed], column: str) -> None:
+async def _reports_in(unit: Work, reports: Sequence[m.LicenseCycleSealed | m.UsageCycleSealed], column: str) -> None:
     """Keep the seals' reports; every close that now has both gets its invoice (set-based)."""
-    store = CloseStore(unit.session)
+    store = unit.store
     rows = await store.store_reports(column, [(r.account_id, r.cycle_start, unit.payload_of(r)) for r in reports])
     found = {(row.account_id, row.cycle_start) for row in rows}
     for report in reports:

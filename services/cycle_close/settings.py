@@ -1,5 +1,6 @@
 """Cycle close' settings: the shared ones plus its own database."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -12,4 +13,4 @@ class Settings(ServiceSettings):
     batch_max_records: int = 2000
     # A trigger closes this many accounts per transaction, then hands the rest to a continuation
     # of itself (billing.commands): seals and invoices start after the first chunk, not the last.
-    close_chunk_accounts: int = 5000
+    close_chunk_accounts: int = Field(default=5000, ge=1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from contracts.topics import BILLING_CYCLES, LICENSING_COMMANDS, LICENSING_EVENTS, PLATFORM_ACCOUNTS
 from services.license_orders.handlers import registry
 from services.license_orders.settings import Settings
+from services.license_orders.storage import LicenseStore
 from shared.runtime.worker import Subscription, Worker, build_worker
 
 SERVICE = "license-orders"
@@ -20,6 +21,7 @@ def create_worker(settings: Settings | None = None) -> Worker:
         subscriptions=[Subscription((PLATFORM_ACCOUNTS.name, LICENSING_COMMANDS.name, BILLING_CYCLES.name))],
         publishes=[LICENSING_EVENTS.name, f"{LICENSING_COMMANDS.name}.dlq"],
         migrations_dir=Path(__file__).parent / "migrations",
+        store=LicenseStore,
         description="Sells licenses and add-ons with proration, schedules removals, enforces seats.",
     )
 

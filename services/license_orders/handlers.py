@@ -5,15 +5,17 @@ from __future__ import annotations
 from contracts import messages as m
 from contracts.topics import LICENSING_EVENTS
 from services.license_orders import domain
+from services.license_orders.settings import Settings
 from services.license_orders.storage import Account, CommandState, LicenseStore
 from shared.cycles import cycle_containing, next_cycle
 from shared.rejections import Rejected
-from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import HandlerRegistry, UnitOfWork
 from shared.runtime.seals import Seals
 from shared.runtime.seals import seal_cycles as seal_protocol
 
 registry = HandlerRegistry()
 EVENTS = LICENSING_EVENTS.name
+Work = UnitOfWork[LicenseStore, Settings]
 
 
 def _balance(balance: domain.Balance) -> m.Balance:
@@ -34,10 +36,10 @@ async def _state(store: LicenseStore, command: m.Command, product: str, assignee
 
 
 @registry.on(m.AccountOpened)
-async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
+async def account_opened(unit: Work, event: m.AccountOpened) -> None:
     await unit.lock_account(event.account_id)
     first = cycle_containing(event.billing_day, event.business_date)
-    await LicenseStore(unit.session).open_account(event.account_id, event.billing_day, first)
+    await unit.store.open_account(event.account_id, event.billing_day, first)
     for parked in await unit.release_parked(event.account_id):
         await registry.dispatch(unit, parked)
 
@@ -58,8 +60,8 @@ def _quote(state: CommandState, command: m.PreviewLicensePurchase | m.PurchaseLi
 
 
 @registry.on(m.PreviewLicensePurchase)
-async def preview_purchase(unit: Unit, command: m.PreviewLicensePurchase) -> None:
-    quote = _quote(await _state(LicenseStore(unit.session), command, command.product), command)
+async def preview_purchase(unit: Work, command: m.PreviewLicensePurchase) -> None:
+    quote = _quote(await _state(unit.store, command, command.product), command)
     unit.emit(
         EVENTS,
         m.LicensePurchasePreview.caused_by(
@@ -78,8 +80,8 @@ async def preview_purchase(unit: Unit, command: m.PreviewLicensePurchase) -> Non
 
 
 @registry.on(m.PurchaseLicenses)
-async def purchase(unit: Unit, command: m.PurchaseLicenses) -> None:
-    store = LicenseStore(unit.session)
+async def purchase(unit: Work, command: m.PurchaseLicenses) -> None:
+    store = unit.store
     state = await _state(store, command, command.product)
     quote = _quote(state, command)
     after = domain.apply_purchase(state.balance, quote)
@@ -105,8 +107,8 @@ async def purchase(unit: Unit, command: m.PurchaseLicenses) -> None:
 
 
 @registry.on(m.RemoveLicenses)
-async def remove(unit: Unit, command: m.RemoveLicenses) -> None:
-    store = LicenseStore(unit.session)
+async def remove(unit: Work, command: m.RemoveLicenses) -> None:
+    store = unit.store
     state = await _state(store, command, command.product)
     account = state.account
     end = domain.removal_effective_on(command.business_date, account.billing_day, account.open_cycle)
@@ -133,8 +135,8 @@ async def remove(unit: Unit, command: m.RemoveLicenses) -> None:
 
 
 @registry.on(m.AssignLicense)
-async def assign(unit: Unit, command: m.AssignLicense) -> None:
-    store = LicenseStore(unit.session)
+async def assign(unit: Work, command: m.AssignLicense) -> None:
+    store = unit.store
     state = await _state(store, command, command.product, command.assignee_id)
     after = domain.assign(state.balance, command.product, state.held)
     await store.add_assignment(command.account_id, command.product, command.assignee_id, after)
@@ -147,8 +149,8 @@ async def assign(unit: Unit, command: m.AssignLicense) -> None:
 
 
 @registry.on(m.UnassignLicense)
-async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
-    store = LicenseStore(unit.session)
+async def unassign(unit: Work, command: m.UnassignLicense) -> None:
+    store = unit.store
     state = await _state(store, command, command.product, command.assignee_id)
     after = domain.unassign(state.balance, command.product, state.held)
     await store.remove_assignment(command.account_id, command.product, command.assignee_id, after)
@@ -161,18 +163,17 @@ async def unassign(unit: Unit, command: m.UnassignLicense) -> None:
 
 
 @registry.on_batch(m.BillingCycleClosing)
-async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
+async def seal_cycles(unit: Work, requests: list[m.BillingCycleClosing]) -> None:
     """Answer cycle close with each cycle's license charges and apply its removals, exactly once,
     set-based: one round per batch in which every account appears once (catch-ups take more)."""
-    store = LicenseStore(unit.session)
+    store = unit.store
     await seal_protocol(
         unit, requests, answers_to=EVENTS, ledger=store.seals, find_accounts=store.accounts_for_seal, seal=_seal
     )
 
 
-async def _seal(seals: Seals[Account]) -> None:
-    unit, todo = seals.unit, seals.todo
-    store = LicenseStore(unit.session)
+async def _seal(unit: Work, seals: Seals[Account]) -> None:
+    store, todo = unit.store, seals.todo
     due, later, balances, prices = await store.seal_inputs([(r.account_id, r.cycle_end) for r, _ in todo])
     changed: dict[tuple[str, str], domain.Balance] = {}
     recurring: dict[str, list[m.RecurringCharge]] = {}

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -117,6 +117,15 @@ class CommandState:
     unit_price: Decimal | None
     restorable: int
     held: bool
+
+
+class SealInputs(NamedTuple):
+    """What sealing needs, each keyed by (account, product)."""
+
+    removals_due: dict[tuple[str, str], int]
+    bought_on_or_after_end: dict[tuple[str, str], int]
+    balances: dict[tuple[str, str], Balance]
+    prices: dict[tuple[str, str], Decimal]
 
 
 COMMAND_STATE = """
@@ -313,14 +322,7 @@ class LicenseStore:
         )
         return {r[0]: Account(r[0], r[1], Cycle(r[2], r[3])) for r in rows}
 
-    async def seal_inputs(
-        self, ends: list[tuple[str, date]]
-    ) -> tuple[
-        dict[tuple[str, str], int],
-        dict[tuple[str, str], int],
-        dict[tuple[str, str], Balance],
-        dict[tuple[str, str], Decimal],
-    ]:
+    async def seal_inputs(self, ends: list[tuple[str, date]]) -> SealInputs:
         """For each (account, cycle end): removals due by the end, licenses bought on or after it,
         the balances (locked) and the prices, each keyed by (account, product)."""
         params = {"a": [a for a, _ in ends], "e": [e for _, e in ends]}
@@ -353,7 +355,7 @@ class LicenseStore:
             ),
             params,
         )
-        return (
+        return SealInputs(
             {(r[0], r[1]): int(r[2]) for r in due},
             {(r[0], r[1]): int(r[2]) for r in later},
             {(r[0], r[1]): Balance(r[2], r[3], r[4]) for r in held},

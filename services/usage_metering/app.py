@@ -14,6 +14,7 @@ from contracts.topics import (
 )
 from services.usage_metering.handlers import registry
 from services.usage_metering.settings import Settings
+from services.usage_metering.storage import MeterStore
 from shared.runtime.worker import Subscription, Worker, build_worker
 
 SERVICE = "usage-metering"
@@ -37,6 +38,7 @@ def create_worker(settings: Settings | None = None) -> Worker:
         ],
         publishes=[METERING_ALERTS.name, METERING_USAGE.name, f"{USAGE_CALLS.name}.dlq"],
         migrations_dir=Path(__file__).parent / "migrations",
+        store=MeterStore,
         description="Accrues calling credits against each account's monthly cap; alerts and blocks.",
     )
 

@@ -9,16 +9,18 @@ from contracts import messages as m
 from contracts.envelope import Envelope
 from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
+from services.usage_metering.settings import Settings
 from services.usage_metering.storage import Account, MeterStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
-from shared.runtime import HandlerRegistry, Unit
+from shared.runtime.processor import HandlerRegistry, UnitOfWork
 from shared.runtime.seals import Seals
 from shared.runtime.seals import seal_cycles as seal_protocol
 
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name
+Work = UnitOfWork[MeterStore, Settings]
 
 
 def _alert_event(cause: Envelope, cycle: Cycle, alert: domain.Alert, part: str) -> m.Event:
@@ -34,7 +36,7 @@ def _alert_event(cause: Envelope, cycle: Cycle, alert: domain.Alert, part: str) 
     return m.CallingUnblocked.caused_by(cause, part, reason=alert.reason, **common)
 
 
-def _emit_alerts(unit: Unit, cause: Envelope, cycle: Cycle, alerts: list[domain.Alert]) -> None:
+def _emit_alerts(unit: Work, cause: Envelope, cycle: Cycle, alerts: list[domain.Alert]) -> None:
     for alert in alerts:
         part = f"{cycle.start}:{alert.kind}:{alert.threshold_percent or alert.reason or ''}"
         unit.emit(ALERTS, _alert_event(cause, cycle, alert, part))
@@ -45,8 +47,8 @@ def _current_cycle(account: Account, day: date) -> Cycle:
 
 
 @registry.on(m.AccountOpened)
-async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
-    store = MeterStore(unit.session)
+async def account_opened(unit: Work, event: m.AccountOpened) -> None:
+    store = unit.store
     await store.share_metering()  # always before a per-account lock, as the calls path does
     await unit.lock_account(event.account_id)
     first = cycle_containing(event.billing_day, event.business_date)
@@ -61,11 +63,11 @@ async def account_opened(unit: Unit, event: m.AccountOpened) -> None:
 
 
 @registry.on_batch(m.CallCharged, deduplicates=True)  # by (account, call id) in `calls`
-async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
+async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
     """A batch of calls in a handful of statements: read the accounts, record the calls (repeats
     drop out), read the meters they touch, fold each meter's calls in order, write the meters back
     if nobody changed them meanwhile (else the batch is retried)."""
-    store = MeterStore(unit.session)
+    store = unit.store
     await store.share_metering()
     accounts = await store.accounts({call.account_id for call in batch})
     unknown = sorted({call.account_id for call in batch} - accounts.keys())
@@ -106,9 +108,9 @@ async def calls_charged(unit: Unit, batch: list[m.CallCharged]) -> None:
 
 
 @registry.on(m.SetCallingCreditCap)
-async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
+async def set_cap(unit: Work, command: m.SetCallingCreditCap) -> None:
     domain.authorize_cap_change(command.actor.role)
-    store = MeterStore(unit.session)
+    store = unit.store
     await store.own_metering()
     account = (await store.accounts([command.account_id], lock=True)).get(command.account_id)
     if account is None:
@@ -128,10 +130,10 @@ async def set_cap(unit: Unit, command: m.SetCallingCreditCap) -> None:
 
 
 @registry.on_batch(m.BillingCycleClosing)
-async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None:
+async def seal_cycles(unit: Work, requests: list[m.BillingCycleClosing]) -> None:
     """Report each cycle's accrual and earlier cycles' late usage; start the next cycle unblocked.
     Set-based: one round per batch in which every account appears once (catch-ups take more)."""
-    store = MeterStore(unit.session)
+    store = unit.store
     await store.own_metering()
 
     async def find_accounts(account_ids: list[str]) -> dict[str, Account]:
@@ -142,9 +144,8 @@ async def seal_cycles(unit: Unit, requests: list[m.BillingCycleClosing]) -> None
     )
 
 
-async def _seal(seals: Seals[Account]) -> None:
-    unit, todo = seals.unit, seals.todo
-    store = MeterStore(unit.session)
+async def _seal(unit: Work, seals: Seals[Account]) -> None:
+    store, todo = unit.store, seals.todo
     following = {a.account_id: next_cycle(a.billing_day, a.open_cycle) for _, a in todo}
     meters = await store.meters(
         [(a.account_id, a.open_cycle.start) for _, a in todo] + [(a, c.start) for a, c in following.items()]

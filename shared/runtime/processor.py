@@ -48,8 +48,9 @@ CLAIM_INBOX = (
 )
 
 M = TypeVar("M", bound=Envelope)
-Handler = Callable[["Unit", Any], Awaitable[None]]
-BatchHandler = Callable[["Unit", list[Any]], Awaitable[None]]
+Handler = Callable[["UnitOfWork[Any, Any]", Any], Awaitable[None]]
+BatchHandler = Callable[["UnitOfWork[Any, Any]", list[Any]], Awaitable[None]]
+StoreFactory = Callable[[AsyncSession], Any]
 
 # Which reason code a validation error on a field gets (contract.md lists the codes).
 REASON_CODE_BY_FIELD = {"product": "unknown_product", "quantity": "invalid_quantity", "cap": "invalid_cap"}
@@ -64,11 +65,42 @@ class UnknownAccount(Exception):
     """An event names an account this service has not heard of yet: park it until it opens."""
 
 
+S = TypeVar("S", covariant=True)
+T = TypeVar("T", covariant=True)
+
+
+class UnitOfWork(Protocol[S, T]):
+    """What a handler gets: the service's store and settings, and the transaction's runtime
+    (events to publish when it commits, parking, per-account locks). The processor's ``Unit``
+    is the real one; tests hand handlers an in-memory one."""
+
+    @property
+    def store(self) -> S: ...
+
+    @property
+    def settings(self) -> T: ...
+
+    def emit(self, topic: str, event: Event | Command) -> None: ...
+
+    def resend(self, topic: str, payload: bytes) -> None: ...
+
+    def payload_of(self, message: Envelope) -> bytes: ...
+
+    async def lock_account(self, account_id: str) -> None: ...
+
+    async def park(self, topic: str, message: Envelope) -> None: ...
+
+    async def release_parked(self, account_id: str) -> list[Envelope]: ...
+
+
 @dataclass
 class Unit:
-    """One transaction's worth of work: the session and the events to publish when it commits."""
+    """One transaction's worth of work: the session, the service's store on it, the settings, and
+    the events to publish when it commits."""
 
     session: AsyncSession
+    store: Any = None
+    settings: Any = None
     outbox: list[tuple[uuid.UUID, str, str, bytes]] = field(default_factory=list)
     received: dict[uuid.UUID, bytes | None] = field(default_factory=dict)
     _driver: Any = None
@@ -134,8 +166,8 @@ class HandlerRegistry:
         self.batch: dict[str, BatchHandler] = {}
         self.deduplicated_by_handler: set[str] = set()
 
-    def on(self, model: type[M]) -> Callable[[Callable[[Unit, M], Awaitable[None]]], Any]:
-        def register(handler: Callable[[Unit, M], Awaitable[None]]) -> Any:
+    def on(self, model: type[M]) -> Callable[[Callable[[Any, M], Awaitable[None]]], Any]:
+        def register(handler: Callable[[Any, M], Awaitable[None]]) -> Any:
             self.single[model.model_fields["type"].default] = handler
             return handler
 
@@ -143,11 +175,11 @@ class HandlerRegistry:
 
     def on_batch(
         self, model: type[M], deduplicates: bool = False
-    ) -> Callable[[Callable[[Unit, list[M]], Awaitable[None]]], Any]:
+    ) -> Callable[[Callable[[Any, list[M]], Awaitable[None]]], Any]:
         """``deduplicates=True``: the handler records each message by a business key in the same
         transaction (e.g. a call id) and ignores repeats, so the inbox row would only repeat it."""
 
-        def register(handler: Callable[[Unit, list[M]], Awaitable[None]]) -> Any:
+        def register(handler: Callable[[Any, list[M]], Awaitable[None]]) -> Any:
             self.batch[model.model_fields["type"].default] = handler
             if deduplicates:
                 self.deduplicated_by_handler.add(model.model_fields["type"].default)
@@ -164,7 +196,7 @@ class HandlerRegistry:
         carried = BY_NAME.get(topic)
         return carried is None or carried.model_for(message_type) is None
 
-    async def dispatch(self, unit: Unit, message: Envelope) -> None:
+    async def dispatch(self, unit: UnitOfWork[Any, Any], message: Envelope) -> None:
         """Run the single-message handler for ``message`` (used to replay parked messages too)."""
         handler = self.single.get(message.type)
         if handler is not None:
@@ -258,10 +290,14 @@ class BatchProcessor:
         registry: HandlerRegistry,
         max_backoff_s: float = 5.0,
         crash_points: CrashPoints | None = None,
+        store: StoreFactory | None = None,
+        settings: Any = None,
     ) -> None:
         self.service = service
         self.sessions = sessions
         self.registry = registry
+        self.store = store
+        self.settings = settings
         self.max_backoff_s = max_backoff_s
         self.crash_points = crash_points or CrashPoints()
 
@@ -331,7 +367,7 @@ class BatchProcessor:
             return
 
         async with self.sessions() as session, session.begin():
-            unit = Unit(session)
+            unit = self.unit(session)
             self_deduplicating = self.registry.deduplicated_by_handler
             new_ids = await _claim(unit, [(r, e) for r, e, _ in readable if e.type not in self_deduplicating])
             new_ids |= {e.message_id for _, e, _ in readable if e.type in self_deduplicating}
@@ -363,6 +399,10 @@ class BatchProcessor:
             self.crash_points.batches += 1
             self.crash_points.check("before_commit")
         self.crash_points.check("after_commit")
+
+    def unit(self, session: AsyncSession) -> Unit:
+        """A unit of work on ``session`` with the service's store on it."""
+        return Unit(session, None if self.store is None else self.store(session), self.settings)
 
     def _parse(
         self, unit: Unit, record: KafkaRecord, envelope: Envelope, dead: list[tuple[KafkaRecord, str]]

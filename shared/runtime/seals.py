@@ -23,7 +23,7 @@ from contracts.envelope import Event
 from contracts.messages import BillingCycleClosing
 from contracts.topics import BILLING_CYCLES
 from shared.cycles import Cycle
-from shared.runtime.processor import Unit, one_per_account
+from shared.runtime.processor import UnitOfWork, one_per_account
 
 SealKey = tuple[str, date]  # (account id, cycle start)
 
@@ -97,7 +97,7 @@ class Seals(Generic[A]):
     """One round's requests to seal, with their accounts; ``send`` emits a seal and keeps it for
     the ledger (in the order the service sends them, between its other events)."""
 
-    unit: Unit
+    unit: UnitOfWork[Any, Any]
     topic: str
     todo: list[tuple[BillingCycleClosing, A]]
     sent: list[tuple[SealKey, bytes]] = field(default_factory=list)
@@ -108,13 +108,13 @@ class Seals(Generic[A]):
 
 
 async def seal_cycles(
-    unit: Unit,
+    unit: UnitOfWork[Any, Any],
     requests: Sequence[BillingCycleClosing],
     *,
     answers_to: str,
     ledger: Ledger,
     find_accounts: Callable[[list[str]], Awaitable[dict[str, A]]],
-    seal: Callable[[Seals[A]], Awaitable[Any]],
+    seal: Callable[[Any, Seals[A]], Awaitable[Any]],
 ) -> None:
     """Run the protocol for a batch of requests, round by round; ``seal`` seals a round's open
     cycles and ``send``s one seal event for each (``find_accounts`` locks the accounts it finds)."""
@@ -122,12 +122,12 @@ async def seal_cycles(
         todo = await _requests_to_seal(unit, round_, answers_to, ledger, find_accounts)
         if todo:
             seals = Seals(unit, answers_to, todo)
-            await seal(seals)
+            await seal(unit, seals)
             await ledger.record(seals.sent)
 
 
 async def _requests_to_seal(
-    unit: Unit,
+    unit: UnitOfWork[Any, Any],
     requests: list[BillingCycleClosing],
     answers_to: str,
     ledger: Ledger,

@@ -24,7 +24,7 @@ from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
 from shared.logs import configure_logging
 from shared.runtime.offsets import OffsetCommitter, rewind
-from shared.runtime.processor import BatchProcessor, CrashPoints, HandlerRegistry
+from shared.runtime.processor import BatchProcessor, CrashPoints, HandlerRegistry, StoreFactory
 from shared.runtime.relay import OutboxRelay
 from shared.settings import ServiceSettings
 
@@ -148,7 +148,10 @@ def build_worker(
     publishes: Sequence[str],
     migrations_dir: Path,
     description: str,
+    store: StoreFactory | None = None,
 ) -> Worker:
+    """``store`` builds the service's store on a transaction's session: each unit of work
+    carries it, with ``settings``, to the handlers."""
     configure_logging(settings.log_level, settings.log_format)
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
@@ -172,6 +175,8 @@ def build_worker(
         sessions,
         registry,
         crash_points=CrashPoints(settings.fault_crash_before_commit, settings.fault_crash_after_commit),
+        store=store,
+        settings=settings,
     )
 
     committers: list[OffsetCommitter] = []

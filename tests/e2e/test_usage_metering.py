@@ -145,6 +145,7 @@ async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(
     rebalance): the one that read the meter before the other committed must retry, not overwrite;
     also when neither found the meter and both would create it."""
     from services.usage_metering import handlers
+    from services.usage_metering.settings import Settings
     from services.usage_metering.storage import MeterStore
     from shared.db import make_sessions
     from shared.runtime import BatchProcessor
@@ -169,7 +170,9 @@ async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(
             await second_done.wait()
         return found
 
-    processor = BatchProcessor("usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry)
+    processor = BatchProcessor(
+        "usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry, store=MeterStore, settings=Settings()
+    )
 
     def records(calls: list[m.CallCharged]) -> list[Record]:
         return [Record("usage.calls", 0, 0, account.encode(), c.model_dump_json().encode(), (), 1) for c in calls]
@@ -274,13 +277,16 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
 
     from services.usage_metering import handlers
     from services.usage_metering.settings import Settings
+    from services.usage_metering.storage import MeterStore
     from shared.db import make_sessions
     from shared.runtime import BatchProcessor
     from shared.runtime.codec import Record
 
     settings = Settings()
     accounts = [await open_account(stack) for _ in range(10)]
-    processor = BatchProcessor("usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry)
+    processor = BatchProcessor(
+        "usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry, store=MeterStore, settings=settings
+    )
 
     def records(calls: list[m.CallCharged]) -> list[Record]:
         return [
