@@ -10,7 +10,7 @@ Decisions a client may rely on (kept stable):
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Self
 
@@ -25,7 +25,6 @@ from pydantic import (
 )
 
 AccountId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-Role = Literal["office_admin", "support", "sales", "service", "operator"]
 
 
 def _decimal_from_string(value: Any) -> Decimal:
@@ -97,11 +96,3 @@ class Event(Envelope):
             causation_id=cause.message_id,
             **fields,
         )
-
-
-def new_message_id() -> uuid.UUID:
-    return uuid.uuid4()
-
-
-def utc(dt: datetime) -> datetime:
-    return dt.astimezone(UTC)

@@ -300,6 +300,3 @@ class BillingCycleClosed(Event):
     cycle_end: Day
     next_cycle_start: Day
     next_cycle_end: Day
-
-
-ACCOUNT_ID = AccountId  # re-exported for services that validate ids

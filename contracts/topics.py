@@ -12,19 +12,23 @@ from contracts import messages as m
 from contracts.envelope import Envelope
 
 
+def dlq_of(topic: str) -> str:
+    """Where a topic's unreadable or invalid records go."""
+    return f"{topic}.dlq"
+
+
 @dataclass(frozen=True)
 class Topic:
     name: str
     partitions: int
     description: str
     messages: tuple[type[Envelope], ...] = field(default=())
-    carries_commands: bool = False
     rejections_to: str | None = None
     """For a command topic: where ``CommandRejected`` goes (where the success event would go)."""
 
     @property
     def dlq(self) -> str:
-        return f"{self.name}.dlq"
+        return dlq_of(self.name)
 
     def model_for(self, message_type: str) -> type[Envelope] | None:
         for model in self.messages:
@@ -36,7 +40,7 @@ class Topic:
 def _topic(
     name: str, partitions: int, description: str, *messages: type[Envelope], rejections_to: str | None = None
 ) -> Topic:
-    return Topic(name, partitions, description, tuple(messages), rejections_to is not None, rejections_to)
+    return Topic(name, partitions, description, tuple(messages), rejections_to)
 
 
 PLATFORM_ACCOUNTS = _topic("platform.accounts", 6, "Accounts opened by the platform.", m.AccountOpened)

@@ -16,12 +16,12 @@ from contracts.topics import (
 from services.cycle_close.handlers import registry
 from services.cycle_close.settings import Settings
 from services.cycle_close.storage import CloseStore
-from shared.runtime.worker import Subscription, Worker, build_worker
+from shared.runtime.worker import Subscription, WorkerParts, build_worker
 
 SERVICE = "cycle-close"
 
 
-def create_worker(settings: Settings | None = None) -> Worker:
+def create_worker(settings: Settings | None = None) -> WorkerParts:
     settings = settings or Settings()
     return build_worker(
         SERVICE,
@@ -31,7 +31,7 @@ def create_worker(settings: Settings | None = None) -> Worker:
             Subscription((PLATFORM_ACCOUNTS.name, BILLING_CHARGES.name, BILLING_COMMANDS.name)),
             Subscription((LICENSING_EVENTS.name, METERING_USAGE.name)),
         ],
-        publishes=[BILLING_INVOICES.name, BILLING_CYCLES.name, f"{BILLING_CHARGES.name}.dlq"],
+        publishes=[BILLING_INVOICES.name, BILLING_CYCLES.name, BILLING_CHARGES.dlq],
         migrations_dir=Path(__file__).parent / "migrations",
         store=CloseStore,
         description="Closes billing cycles into exactly one invoice per account and cycle.",

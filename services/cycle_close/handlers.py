@@ -12,7 +12,8 @@ from services.cycle_close import domain
 from services.cycle_close.settings import Settings
 from services.cycle_close.storage import CloseStore
 from shared.cycles import Cycle, cycle_containing, cycles_ending_by, next_cycle
-from shared.runtime.processor import HandlerRegistry, UnitOfWork
+from shared.runtime.registry import HandlerRegistry
+from shared.runtime.unit_of_work import UnitOfWork
 
 registry = HandlerRegistry()
 INVOICE_NAMESPACE = uuid.UUID("3b0e1c52-6a43-4c1e-9a57-1f1a8d0c5e11")

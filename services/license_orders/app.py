@@ -8,18 +8,18 @@ from contracts.topics import BILLING_CYCLES, LICENSING_COMMANDS, LICENSING_EVENT
 from services.license_orders.handlers import registry
 from services.license_orders.settings import Settings
 from services.license_orders.storage import LicenseStore
-from shared.runtime.worker import Subscription, Worker, build_worker
+from shared.runtime.worker import Subscription, WorkerParts, build_worker
 
 SERVICE = "license-orders"
 
 
-def create_worker(settings: Settings | None = None) -> Worker:
+def create_worker(settings: Settings | None = None) -> WorkerParts:
     return build_worker(
         SERVICE,
         settings or Settings(),
         registry,
         subscriptions=[Subscription((PLATFORM_ACCOUNTS.name, LICENSING_COMMANDS.name, BILLING_CYCLES.name))],
-        publishes=[LICENSING_EVENTS.name, f"{LICENSING_COMMANDS.name}.dlq"],
+        publishes=[LICENSING_EVENTS.name, LICENSING_COMMANDS.dlq],
         migrations_dir=Path(__file__).parent / "migrations",
         store=LicenseStore,
         description="Sells licenses and add-ons with proration, schedules removals, enforces seats.",

@@ -9,9 +9,10 @@ from services.license_orders.settings import Settings
 from services.license_orders.storage import Account, CommandState, LicenseStore
 from shared.cycles import cycle_containing, next_cycle
 from shared.rejections import Rejected
-from shared.runtime.processor import HandlerRegistry, UnitOfWork
+from shared.runtime.registry import HandlerRegistry
 from shared.runtime.seals import Seals
 from shared.runtime.seals import seal_cycles as seal_protocol
+from shared.runtime.unit_of_work import UnitOfWork
 
 registry = HandlerRegistry()
 EVENTS = LICENSING_EVENTS.name

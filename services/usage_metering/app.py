@@ -15,12 +15,12 @@ from contracts.topics import (
 from services.usage_metering.handlers import registry
 from services.usage_metering.settings import Settings
 from services.usage_metering.storage import MeterStore
-from shared.runtime.worker import Subscription, Worker, build_worker
+from shared.runtime.worker import Subscription, WorkerParts, build_worker
 
 SERVICE = "usage-metering"
 
 
-def create_worker(settings: Settings | None = None) -> Worker:
+def create_worker(settings: Settings | None = None) -> WorkerParts:
     settings = settings or Settings()
     return build_worker(
         SERVICE,
@@ -36,7 +36,7 @@ def create_worker(settings: Settings | None = None) -> Worker:
             ),
             Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=2000),
         ],
-        publishes=[METERING_ALERTS.name, METERING_USAGE.name, f"{USAGE_CALLS.name}.dlq"],
+        publishes=[METERING_ALERTS.name, METERING_USAGE.name, USAGE_CALLS.dlq],
         migrations_dir=Path(__file__).parent / "migrations",
         store=MeterStore,
         description="Accrues calling credits against each account's monthly cap; alerts and blocks.",

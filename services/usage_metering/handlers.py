@@ -14,9 +14,10 @@ from services.usage_metering.storage import Account, MeterStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
-from shared.runtime.processor import HandlerRegistry, UnitOfWork
+from shared.runtime.registry import HandlerRegistry
 from shared.runtime.seals import Seals
 from shared.runtime.seals import seal_cycles as seal_protocol
+from shared.runtime.unit_of_work import UnitOfWork
 
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name

@@ -1,17 +1,61 @@
-"""A service's dead letters as operators see them (``billing dlq``): list, show, and re-drive.
+"""A service's dead letters: recorded by the batch processor (each once, and sent to its topic's
+``.dlq``), and read as operators see them (``billing dlq``): list, show, and re-drive.
 
-Every service keeps its own ``dead_letters`` table (see ``tables.py``); this module reads it on
+Every service keeps its own ``dead_letters`` table (see ``tables.py``); the reading side works on
 the engine of the service it is given, so the ``billing`` command asks each service for its own.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.topics import dlq_of
+from shared.runtime.codec import KafkaRecord, dead_letter_payload
+from shared.runtime.unit_of_work import Unit
+
+log = logging.getLogger(__name__)
+
+RECORD_DEAD_LETTER = (
+    'insert into dead_letters (topic, partition, "offset", record_timestamp, error, payload) '
+    "values (:topic, :partition, :offset, :record_timestamp, :error, :payload) on conflict do nothing returning id"
+)
+
+
+def record_context(record: KafkaRecord) -> dict[str, Any]:
+    """Where a record came from, for the logs."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+async def record_dead_letters(unit: Unit, service: str, dead: Sequence[tuple[KafkaRecord, str]]) -> None:
+    """Keep each record with its error and send it to its topic's ``.dlq`` with this transaction;
+    a redelivered poison message gives one dead letter and one ``.dlq`` record."""
+    for record, error in dead:
+        log.warning("dead letter", extra=record_context(record) | {"error": error})
+        inserted = (
+            await unit.session.execute(
+                sa.text(RECORD_DEAD_LETTER),
+                {
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "record_timestamp": record.timestamp or 0,
+                    "error": error,
+                    "payload": record.value or b"",
+                },
+            )
+        ).first()
+        if inserted is not None:
+            key = record.key.decode("utf-8", "replace") if record.key else ""
+            payload = dead_letter_payload(record, error, service)
+            unit.outbox.append((uuid.uuid4(), dlq_of(record.topic), key, payload))
 
 
 @dataclass(frozen=True)

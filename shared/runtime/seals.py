@@ -23,7 +23,8 @@ from contracts.envelope import Event
 from contracts.messages import BillingCycleClosing
 from contracts.topics import BILLING_CYCLES
 from shared.cycles import Cycle
-from shared.runtime.processor import UnitOfWork, one_per_account
+from shared.runtime.registry import one_per_account
+from shared.runtime.unit_of_work import UnitOfWork
 
 SealKey = tuple[str, date]  # (account id, cycle start)
 

@@ -23,9 +23,12 @@ from faststream.specification import AsyncAPI
 from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
 from shared.logs import configure_logging
+from shared.runtime.crash_points import CrashPoints
 from shared.runtime.offsets import OffsetCommitter, rewind
-from shared.runtime.processor import BatchProcessor, CrashPoints, HandlerRegistry, StoreFactory
+from shared.runtime.processor import BatchProcessor
+from shared.runtime.registry import HandlerRegistry
 from shared.runtime.relay import OutboxRelay
+from shared.runtime.unit_of_work import StoreFactory
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -131,7 +134,7 @@ def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
 
 
 @dataclass
-class Worker:
+class WorkerParts:
     """The running parts of one service process (handy for tests and benchmarks)."""
 
     app: FastStream
@@ -149,7 +152,7 @@ def build_worker(
     migrations_dir: Path,
     description: str,
     store: StoreFactory | None = None,
-) -> Worker:
+) -> WorkerParts:
     """``store`` builds the service's store on a transaction's session: each unit of work
     carries it, with ``settings``, to the handlers."""
     configure_logging(settings.log_level, settings.log_format)
@@ -203,12 +206,13 @@ def build_worker(
             )
             subscriber(_consumer(processor, committer))
 
+    dead_letters_of = {t.dlq: t for t in BY_NAME.values()}
     for name in publishes:  # declared for the AsyncAPI document; the outbox relay does the sending
-        topic = BY_NAME.get(name.removesuffix(".dlq"))
-        if topic is None or name.endswith(".dlq"):
+        topic = BY_NAME.get(name)
+        if topic is None:
+            source = dead_letters_of[name]
             broker.publisher(
-                name,
-                description=f"Dead letters of {name.removesuffix('.dlq')}: original bytes, where from, error, when.",
+                name, description=f"Dead letters of {source.name}: original bytes, where from, error, when."
             )
             continue
         broker.publisher(name, description=topic.description, schema=Union[topic.messages])  # noqa: UP007
@@ -236,4 +240,4 @@ def build_worker(
         await relay.stop()
         await engine.dispose()
 
-    return Worker(app, broker, processor, relay)
+    return WorkerParts(app, broker, processor, relay)

@@ -23,8 +23,8 @@ from services.license_orders.domain import Balance, PurchaseQuote
 from services.usage_metering import storage as metering_storage
 from services.usage_metering.domain import Meter
 from shared.cycles import Cycle
-from shared.runtime.processor import ConcurrentUpdate
 from shared.runtime.seals import SealKey
+from shared.runtime.transient import ConcurrentUpdate
 
 
 @dataclass

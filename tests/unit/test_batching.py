@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.runtime.processor import one_per_account
+from shared.runtime.registry import one_per_account
 
 
 @dataclass

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from shared.runtime.processor import ConcurrentUpdate, is_transient
+from shared.runtime.transient import ConcurrentUpdate, is_transient
 
 
 def wrapped(inner: BaseException, outer: BaseException) -> BaseException:
