@@ -77,6 +77,7 @@ print(json.dumps({
     "uid": os.getuid(),
     "modules": {n: importlib.util.find_spec(n) is not None for n in ("services.usage_metering", "pip", "uv", "pytest", "tests")},
     "tools": {t: shutil.which(t) for t in ("pip", "pip3", "uv", "gcc", "cc")},
+    "billing": shutil.which("billing"),
     "sources": os.path.exists("/src"),
 }))
 """
@@ -94,6 +95,7 @@ print(json.dumps({
     }
     assert facts["tools"] == {"pip": None, "pip3": None, "uv": None, "gcc": None, "cc": None}
     assert facts["sources"] is False
+    assert facts["billing"] == "/opt/venv/bin/billing"
 
 
 async def test_a_worker_from_the_image_processes_a_message_from_the_local_stack(image: str, bus: Bus) -> None:
