@@ -95,7 +95,7 @@ print(json.dumps({
     }
     assert facts["tools"] == {"pip": None, "pip3": None, "uv": None, "gcc": None, "cc": None}
     assert facts["sources"] is False
-    assert facts["billing"] == "/opt/venv/bin/billing"
+    assert facts["billing"] == "/opt/app/bin/billing"
 
 
 async def test_a_worker_from_the_image_processes_a_message_from_the_local_stack(image: str, bus: Bus) -> None:
