@@ -17,17 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import Envelope
 from contracts.messages import CommandRejected
 from contracts.topics import BY_NAME
 from shared.rejections import Rejected
-from shared.runtime.codec import KafkaRecord, Unreadable, describe, parse_model, read_envelope
+from shared.runtime.codec import KafkaRecord, Unreadable, describe, list_decoder, parse_model, read_envelope
 from shared.runtime.crash_points import CrashPoints
 from shared.runtime.dead_letters import record_context, record_dead_letters
 from shared.runtime.registry import HandlerRegistry
@@ -206,7 +206,7 @@ class BatchProcessor:
         )
 
 
-_LIST_OF: dict[type[Envelope], TypeAdapter[list[Any]]] = {}
+_LIST_OF: dict[type[Envelope], Callable[[bytes], list[Any]]] = {}
 
 
 def _parse_all(records: Sequence[KafkaRecord]) -> list[Envelope] | None:
@@ -225,11 +225,11 @@ def _parse_all(records: Sequence[KafkaRecord]) -> list[Envelope] | None:
     if len(values) != len(records) or not all(v[:1] == b"{" and v[-1:] == b"}" for v in values):
         return None
     model = topic.messages[0]
-    adapter = _LIST_OF.get(model)
-    if adapter is None:
-        adapter = _LIST_OF[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
+    decode = _LIST_OF.get(model)
+    if decode is None:
+        decode = _LIST_OF[model] = list_decoder(model)
     try:
-        parsed = adapter.validate_json(b"[" + b"\n,".join(values) + b"]")
+        parsed = decode(b"[" + b"\n,".join(values) + b"]")
     except ValidationError:
         return None
     return parsed if len(parsed) == len(records) else None
