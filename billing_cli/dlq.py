@@ -65,8 +65,10 @@ def _document(letter: DeadLetter) -> dict[str, Any]:
         value: Any = json.loads(letter.payload)
     except ValueError:
         value = letter.payload.decode("utf-8", "replace")
+    account = value.get("account_id") if isinstance(value, dict) else None
     return {
         "ref": letter.ref,
+        "account_id": account if isinstance(account, str) else None,
         "service": letter.service,
         "id": letter.id,
         "topic": letter.topic,
@@ -74,6 +76,8 @@ def _document(letter: DeadLetter) -> dict[str, Any]:
         "offset": letter.offset,
         "error": letter.error,
         "failed_at": letter.failed_at,
+        "replays": letter.replays,
+        "redrive_of": None if letter.redrive_of is None else f"{letter.service}-{letter.redrive_of}",
         "value": value,
     }
 
@@ -88,7 +92,7 @@ def list_(
     """Dead letters of every service, newest first."""
 
     async def work(letters: DeadLetters) -> list[DeadLetter]:
-        return await letters.list(topic, since, limit)
+        return await letters.find(topic, since, limit)
 
     found = sorted(
         (letter for per_service in asyncio.run(_each(work)) for letter in per_service),
@@ -122,22 +126,134 @@ def show(
     """One dead letter: where it came from, why it failed, its original value."""
     service, letter_id = parse_ref(ref)
 
-    async def work(letters: DeadLetters) -> DeadLetter | None:
-        return await letters.get(letter_id)
+    async def work(letters: DeadLetters) -> tuple[DeadLetter | None, list[Any]]:
+        return await letters.get(letter_id), await letters.replays(letter_id)
 
-    [letter] = asyncio.run(_each(work, (service,)))
+    [(letter, replays)] = asyncio.run(_each(work, (service,)))
     if letter is None:
         fail(f"no dead letter {ref}")
     if raw:
         typer.echo(letter.payload.decode("utf-8", "replace"))
         return
-    document = _document(letter)
+    document = _document(letter) | {"replay_log": replays}
     if json:
         print_json(document)
         return
-    for key in ("ref", "topic", "partition", "offset", "failed_at", "error"):
-        console.print(f"[bold]{key}[/]: {document[key]}")
+    for key in ("ref", "topic", "partition", "offset", "failed_at", "error", "redrive_of"):
+        if document[key] is not None:
+            console.print(f"[bold]{key}[/]: {document[key]}")
+    for r in replays:
+        amended = ", value fixed by hand" if r.amended else ""
+        console.print(
+            f"[bold]re-driven[/] {r.replayed_at.isoformat(timespec='seconds')} by {r.replayed_by}{amended}: "
+            f"partition {r.to_partition} offset {r.to_offset}"
+        )
     console.print("[bold]value[/]:")
     console.print_json(data=document["value"]) if not isinstance(document["value"], str) else console.print(
         document["value"]
     )
+
+
+def _record_key(value: bytes) -> bytes | None:
+    """The record key the contract gives a message: its ``account_id`` (None when unreadable)."""
+    try:
+        document = json.loads(value)
+    except ValueError:
+        return None
+    account = document.get("account_id") if isinstance(document, dict) else None
+    return account.encode() if isinstance(account, str) else None
+
+
+@app.command()
+def replay(
+    refs: Annotated[list[str] | None, typer.Argument(help="Dead letters to re-drive, <service>-<id>.")] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Re-drive every dead letter of this topic not re-driven yet.")
+    ] = None,
+    since: Since = None,
+    again: Annotated[bool, typer.Option("--again", help="Re-drive even those re-driven before.")] = False,
+    payload: Annotated[
+        typer.FileBinaryRead | None,
+        typer.Option(
+            help="The value to publish instead of the dead letter's (fixed by hand; - reads stdin). One REF only."
+        ),
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Who re-drives (recorded; default: the operator's login name).")
+    ] = None,
+    json: Json = False,
+) -> None:
+    """Re-drive dead letters to their original topic, once each (--again for more), recording when and by whom.
+
+    A re-driven record that fails again becomes a new dead letter (shown as a re-drive of this
+    one); nothing is re-driven by itself, so a message that keeps failing cannot loop.
+    """
+    from billing_cli.settings import CliSettings
+
+    if bool(refs) == bool(topic):
+        fail("name the dead letters (REF ...) or give --topic, not both", code=2)
+    if since is not None and topic is None:
+        fail("--since goes with --topic", code=2)
+    if payload is not None and len(refs or ()) != 1:
+        fail("--payload replaces the value of exactly one dead letter", code=2)
+    wanted = [parse_ref(ref) for ref in refs or ()]
+    fixed = payload.read() if payload is not None else None
+    settings = CliSettings()
+    by = actor or settings.operator_id
+
+    async def work() -> tuple[list[Any], list[str], list[str]]:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **settings.kafka_options())
+        await producer.start()
+        done: list[Any] = []
+        refused: list[str] = []
+        missing: list[str] = []
+
+        async def publish(letter: DeadLetter, value: bytes) -> tuple[int, int]:
+            headers = [("billing-redrive-of", letter.ref.encode()), ("billing-redriven-by", by.encode())]
+            sent = await producer.send_and_wait(letter.topic, value, key=_record_key(value), headers=headers)
+            return sent.partition, sent.offset
+
+        from shared.runtime.dead_letters import AlreadyRedriven
+
+        services = tuple(dict.fromkeys(s for s, _ in wanted)) if wanted else SERVICES
+        opened = {s: _queries(s) for s in services}
+        try:
+            if topic is not None:
+                for service, queries in opened.items():
+                    for letter in reversed(
+                        await queries.dead_letters.find(topic, since, 10_000, None if again else False)
+                    ):
+                        wanted.append((service, letter.id))
+            for service, letter_id in wanted:
+                letters: DeadLetters = opened[service].dead_letters
+                try:
+                    replayed = await letters.redrive(letter_id, by, publish, fixed, again)
+                except AlreadyRedriven as exc:
+                    refused.append(f"{service}-{letter_id}: {exc}; --again re-drives it once more")
+                    continue
+                if replayed is None:
+                    missing.append(f"{service}-{letter_id}")
+                else:
+                    done.append(replayed)
+        finally:
+            await asyncio.gather(*(q.close() for q in opened.values()))
+            await producer.stop()
+        return done, refused, missing
+
+    done, refused, missing = asyncio.run(work())
+    if json:
+        print_json({"replayed": done, "refused": refused, "not_found": missing})
+    else:
+        for r in done:
+            amended = " (value fixed by hand)" if r.amended else ""
+            console.print(f"re-drove {r.dead_letter}{amended} to partition {r.to_partition} offset {r.to_offset}")
+        for line in refused:
+            console.print(f"[bold red]refused[/] {line}")
+        for ref in missing:
+            console.print(f"[bold red]not found[/] {ref}")
+        if not (done or refused or missing):
+            console.print("Nothing to re-drive.")
+    if refused or missing:
+        raise typer.Exit(1)

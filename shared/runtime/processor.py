@@ -40,6 +40,7 @@ CLAIM_INBOX = (
     "insert into inbox (message_id, topic) select * from unnest($1::uuid[], $2::text[]) "
     "on conflict do nothing returning message_id"
 )
+UNCLAIM_INBOX = "delete from inbox where message_id = any($1::uuid[])"
 
 # Which reason code a validation error on a field gets (contract.md lists the codes).
 REASON_CODE_BY_FIELD = {"product": "unknown_product", "quantity": "invalid_quantity", "cap": "invalid_cap"}
@@ -156,6 +157,8 @@ class BatchProcessor:
             for message_type, messages in batched.items():
                 await self.registry.batch[message_type](unit, messages)
             await record_dead_letters(unit, self.service, dead)
+            if unit.unclaimed:
+                await (await unit.db()).execute(UNCLAIM_INBOX, unit.unclaimed)
             await unit.flush()
             self.crash_points.batches += 1
             self.crash_points.check("before_commit")
@@ -191,6 +194,7 @@ class BatchProcessor:
         topic = BY_NAME.get(record.topic)
         if topic is None or topic.rejections_to is None:
             dead.append((record, f"{code}: {reason}"))  # an invalid event: the sender has no reply topic
+            unit.unclaimed.append(message.message_id)
             return
         unit.emit(
             topic.rejections_to,

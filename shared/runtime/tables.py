@@ -9,6 +9,9 @@ declares them on its metadata with ``declare_runtime_tables``; its migrations cr
 - ``dead_letters``: unreadable or invalid input, unique per (topic, partition, offset, record
   timestamp), so a redelivered poison message yields one ``.dlq`` record and a recreated topic
   (offsets from 0 again) is not taken for a redelivery.
+- ``dead_letter_replays``: each re-drive of a dead letter (``billing dlq replay``): when, by whom,
+  whether fixed by hand, and where the re-driven record landed (so a dead letter that comes of a
+  re-drive is known as such).
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ def declare_runtime_tables(metadata: sa.MetaData) -> None:
         sa.Column("failed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("record_timestamp", sa.BigInteger, nullable=False, server_default="0"),
         sa.UniqueConstraint("topic", "partition", "offset", "record_timestamp", name="dead_letters_source_key"),
+    )
+    sa.Table(
+        "dead_letter_replays",
+        metadata,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column(
+            "dead_letter_id", sa.BigInteger, sa.ForeignKey("dead_letters.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column("replayed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("replayed_by", sa.Text, nullable=False),
+        sa.Column("amended", sa.Boolean, nullable=False, comment="the value was replaced by hand"),
+        sa.Column("to_partition", sa.Integer, nullable=False),
+        sa.Column("to_offset", sa.BigInteger, nullable=False),
+        sa.Index("dead_letter_replays_by_letter", "dead_letter_id"),
     )
     sa.Table(
         "parked",

@@ -63,6 +63,9 @@ class Unit:
     settings: Any = None
     outbox: list[tuple[uuid.UUID, str, str, bytes]] = field(default_factory=list)
     received: dict[uuid.UUID, bytes | None] = field(default_factory=dict)
+    # Claimed in the inbox, then dead-lettered: no effect, so not kept as processed (a corrected
+    # copy with the same id, e.g. one re-driven with ``billing dlq replay``, is processed).
+    unclaimed: list[uuid.UUID] = field(default_factory=list)
     _driver: Any = None
 
     async def db(self) -> Any:

@@ -130,3 +130,47 @@ async def test_what_is_not_there_exits_1_and_bad_usage_exits_2(stack: Bus) -> No
     assert (await billing("invoice", "not-an-id"))[0] == 2
     assert (await billing("prices", "no_such_product", "1.00"))[0] == 1
     assert (await billing("close-cycles"))[0] == 2  # --as-of is required
+
+
+async def dead_letters_of(account: str) -> list[dict[str, Any]]:
+    return [d for d in await billing_json("dlq", "list", "usage.calls") if d["account_id"] == account]
+
+
+async def test_dlq_replay_of_a_poison_message_fixed_by_hand_republishes_it_once_and_it_is_processed(
+    stack: Bus, dbs, tmp_path: Path
+) -> None:
+    account = await support.open_account(stack)
+    poison = message(m.CallCharged, account, date(2026, 11, 20), call_id="c-1", cost=Decimal("5.00"))
+    sent = json.loads(poison.model_dump_json())
+    await stack.send("usage.calls", json.dumps(sent | {"cost": "-5.00"}).encode(), key=account)  # the producer's bug
+    [first] = await wait_until(lambda: dead_letters_of(account), what="the poison call's dead letter")
+    assert "cost" in first["error"] and first["replays"] == 0
+
+    # Re-driven as it is, it fails again: one new dead letter, known as a re-drive of the first.
+    code, out, err = await billing("dlq", "replay", first["ref"], "--actor", "ops-ann")
+    assert code == 0 and f"re-drove {first['ref']}" in out, out + err
+    again = await wait_until(lambda: _second(account), what="the second failure")
+    assert again["redrive_of"] == first["ref"] and again["replays"] == 0
+
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps(sent))  # the operator corrects the cost by hand
+    code, out, err = await billing("dlq", "replay", again["ref"], "--payload", str(fixed), "--actor", "ops-ann")
+    assert code == 0, out + err
+    await wait_until(
+        lambda: scalar(
+            dbs["usage_metering"], "select cost from calls where account_id = :a and call_id = 'c-1'", a=account
+        ),
+        what="the fixed call to be metered",
+    )
+    assert (await billing_json("account", account))["calling_credits"]["accrued"] == "5.000000"
+
+    code, out, err = await billing("dlq", "replay", again["ref"])
+    assert code == 1 and "refused" in out and "--again" in out, out + err
+    shown = await billing_json("dlq", "show", again["ref"])
+    assert [(r["replayed_by"], r["amended"]) for r in shown["replay_log"]] == [("ops-ann", True)]
+    assert len(await dead_letters_of(account)) == 2  # the fixed call came after both failures: nothing looped
+
+
+async def _second(account: str) -> dict[str, Any] | None:
+    found = await dead_letters_of(account)
+    return found[0] if len(found) == 2 else None
