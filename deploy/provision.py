@@ -13,6 +13,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.topics import all_topic_names
 
+# Kafka keeps a record 7 days: a reread from the start reaches back no further, which is what lets
+# the inbox forget processed ids after BILLING_INBOX_RETENTION_DAYS (30; docs/architecture.md).
+TOPIC_RETENTION_MS = 7 * 24 * 3600 * 1000
+
 
 async def create_topics(bootstrap: str, timeout_s: float = 60.0) -> list[str]:
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -21,7 +25,11 @@ async def create_topics(bootstrap: str, timeout_s: float = 60.0) -> list[str]:
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            wanted = [NewTopic(name, n, 1) for name, n in all_topic_names() if name not in existing]
+            wanted = [
+                NewTopic(name, n, 1, topic_configs={"retention.ms": str(TOPIC_RETENTION_MS)})
+                for name, n in all_topic_names()
+                if name not in existing
+            ]
             if wanted:
                 await admin.create_topics(wanted)
             return [t.name for t in wanted]

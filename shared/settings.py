@@ -51,6 +51,11 @@ class ServiceSettings(BaseSettings):
     # allocated than freed (Python's default: 700; 0 keeps Python's thresholds; see
     # tune_garbage_collector for the older generations). Metering sets its own, higher.
     gc_young_threshold: int = Field(default=50_000, ge=0)
+    # Processed message ids are kept this long (the inbox drops a week's partition once its newest
+    # id is older): longer than any redelivery can come (docs/architecture.md, "Bounded stores").
+    inbox_retention_days: int = Field(default=30, ge=1)
+    dead_letter_retention_days: int = Field(default=90, ge=1)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
     relay_batch_size: int = 2000
     relay_poll_interval_s: float = 0.05
     fault_crash_before_commit: int = 0

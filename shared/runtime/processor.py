@@ -31,15 +31,12 @@ from shared.runtime.codec import KafkaRecord, Unreadable, describe, list_decoder
 from shared.runtime.crash_points import CrashPoints
 from shared.runtime.dead_letters import record_context, record_dead_letters
 from shared.runtime.registry import HandlerRegistry
+from shared.runtime.retention import CLAIM_INBOX
 from shared.runtime.transient import is_transient
 from shared.runtime.unit_of_work import StoreFactory, Unit
 
 log = logging.getLogger(__name__)
 
-CLAIM_INBOX = (
-    "insert into inbox (message_id, topic) select * from unnest($1::uuid[], $2::text[]) "
-    "on conflict do nothing returning message_id"
-)
 UNCLAIM_INBOX = "delete from inbox where message_id = any($1::uuid[])"
 
 # Which reason code a validation error on a field gets (contract.md lists the codes).

@@ -1,7 +1,8 @@
 """The runtime's own tables, present in every service's database (each service's ``storage``
 declares them on its metadata with ``declare_runtime_tables``; its migrations create them).
 
-- ``inbox``: one row per processed ``message_id``; a duplicate key means "already done".
+- ``inbox``: the processed ``message_id``s, partitioned by the week they were claimed in, kept for
+  the inbox retention (``shared/runtime/retention.py`` claims, creates and drops the partitions).
 - ``outbox``: events committed with the state change, relayed to Kafka afterwards, then deleted.
   ``message_id`` is not unique here: an event written twice (a seal answered again) is published
   twice, which at-least-once delivery allows anyway, and consumers deduplicate on it.
@@ -31,6 +32,8 @@ def declare_runtime_tables(metadata: sa.MetaData) -> None:
         sa.Column("message_id", sa.Uuid, primary_key=True),
         sa.Column("topic", sa.Text, nullable=False),
         sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("bucket", sa.Date, primary_key=True, comment="the UTC week (its Monday) the message was claimed in"),
+        postgresql_partition_by="RANGE (bucket)",  # a partition per week: see shared/runtime/retention.py
     )
     sa.Table(
         "outbox",

@@ -28,6 +28,7 @@ from shared.runtime.offsets import OffsetCommitter, rewind
 from shared.runtime.processor import BatchProcessor
 from shared.runtime.registry import HandlerRegistry
 from shared.runtime.relay import OutboxRelay
+from shared.runtime.retention import Retention
 from shared.runtime.unit_of_work import StoreFactory
 from shared.settings import ServiceSettings
 
@@ -173,6 +174,13 @@ def build_worker(
         batch_size=settings.relay_batch_size,
         poll_interval_s=settings.relay_poll_interval_s,
     )
+    retention = Retention(
+        service,
+        settings.database_dsn,
+        settings.inbox_retention_days,
+        settings.dead_letter_retention_days,
+        settings.retention_interval_s,
+    )
     processor = BatchProcessor(
         service,
         sessions,
@@ -223,10 +231,12 @@ def build_worker(
     async def prepare_database() -> None:
         await wait_for_database(engine)
         await upgrade_to_head(engine, migrations_dir)
+        await retention.run_once()  # this week's inbox partition exists before the first claim
 
     @app.after_startup
     async def start_relay() -> None:
         await relay.start()
+        retention.start()
         tune_garbage_collector(settings.gc_young_threshold)
         log.info("worker started", extra={"service": service})
 
@@ -237,6 +247,7 @@ def build_worker(
 
     @app.after_shutdown
     async def stop_relay() -> None:
+        await retention.stop()
         await relay.stop()
         await engine.dispose()
 

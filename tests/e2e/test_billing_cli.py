@@ -16,7 +16,10 @@ from contracts import messages as m
 from tests import support
 from tests.support import ADMIN, SERVICE, Bus, message, scalar, wait_until
 
-pytestmark = pytest.mark.stack
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.timeout(900),
+]  # each `billing` is a process of its own: seconds on a busy machine
 BILLING = str(Path(sys.executable).with_name("billing"))  # the console script the project installs
 
 

@@ -191,7 +191,9 @@ class Workload:
             "cycle_close": [d.message_id for d in self.devices] + [o.message_id for o in self.opened],
         }
         for service, message_ids in inbox.items():
-            seen = await scalar(dbs[service], "select count(*) from inbox where message_id = any(:i)", i=message_ids)
+            seen = await scalar(
+                dbs[service], "select count(distinct message_id) from inbox where message_id = any(:i)", i=message_ids
+            )
             if seen != len(set(message_ids)):
                 problems.append(f"{service}: {len(set(message_ids)) - seen} messages never processed")
         return problems

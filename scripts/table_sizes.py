@@ -1,0 +1,131 @@
+"""Table sizes per million messages, measured: ``python scripts/table_sizes.py [--rows N] [--revision R]``.
+
+Creates a scratch database on the local stack (``BILLING_DATABASE_*``), migrates usage metering's
+schema to ``--revision`` (default head), writes ``--rows`` calls with the service's own calls
+statement and as many inbox claims with the claim statement of that schema (the pre-partition
+one for revisions before 0008), and prints each table's size (heap, indexes, TOAST; an inbox
+partition's counted in the inbox) per million rows. The database is dropped afterwards.
+A measurement of sizes, not of speed (it is no benchmark: it may run beside other work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import uuid
+from pathlib import Path
+
+import asyncpg
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.usage_metering.settings import Settings
+from services.usage_metering.storage import CLAIM_CALLS
+from shared.runtime.retention import CLAIM_INBOX
+
+ROOT = Path(__file__).resolve().parents[1]
+CLAIM_INBOX_UNPARTITIONED = (  # the claim before revision 0008 (one table, the id its primary key)
+    "insert into inbox (message_id, topic) select * from unnest($1::uuid[], $2::text[]) "
+    "on conflict do nothing returning message_id"
+)
+BATCH = 5000
+ACCOUNTS = 10_000
+
+
+def migrate(url: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "services" / "usage_metering" / "migrations"))
+
+    async def run() -> None:
+        engine = create_async_engine(url)
+
+        def upgrade(connection: sa.Connection) -> None:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        await engine.dispose()
+
+    asyncio.run(run())
+
+
+SIZES = """
+select coalesce(p.relname, c.relname) as table_name, sum(pg_total_relation_size(c.oid))::bigint as bytes
+from pg_class c left join pg_inherits i on i.inhrelid = c.oid left join pg_class p on p.oid = i.inhparent
+where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace and c.relname in ('calls', 'inbox')
+   or (p.relname = 'inbox')
+group by 1 order by 1
+"""
+
+
+async def fill(dsn: str, rows: int, partitioned: bool) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        random.seed(7)
+        for start in range(0, rows, BATCH):
+            n = min(BATCH, rows - start)
+            calls = [
+                [f"acct-{random.randrange(ACCOUNTS):05d}", str(uuid.uuid4()), "0.012500", "2026-11-01"]
+                for _ in range(n)
+            ]
+            await conn.fetch(CLAIM_CALLS, json.dumps(calls))
+            ids = [uuid.uuid4() for _ in range(n)]
+            await conn.fetch(CLAIM_INBOX if partitioned else CLAIM_INBOX_UNPARTITIONED, ids, ["licensing.commands"] * n)
+        await conn.execute("vacuum analyze")
+        return {r["table_name"]: r["bytes"] for r in await conn.fetch(SIZES)}
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--revision", default="head")
+    args = parser.parse_args()
+    settings = Settings()
+    name = f"sizes_{uuid.uuid4().hex[:10]}"
+    admin_dsn = settings.database_dsn.rsplit("/", 1)[0] + "/postgres"
+    dsn = settings.database_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        await conn.execute(f'create database "{name}"')
+        await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        await conn.execute(f'drop database "{name}" with (force)')
+        await conn.close()
+
+    asyncio.run(create())
+    try:
+        migrate(dsn.replace("postgresql://", "postgresql+asyncpg://", 1), args.revision)
+
+        async def partitioned() -> bool:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return bool(await conn.fetchval("select relkind = 'p' from pg_class where relname = 'inbox'"))
+            finally:
+                await conn.close()
+
+        is_partitioned = asyncio.run(partitioned())
+        sizes = asyncio.run(fill(dsn, args.rows, is_partitioned))
+    finally:
+        asyncio.run(drop())
+    per_million = 1_000_000 / args.rows
+    print(
+        f"usage metering at revision {args.revision} ({'partitioned' if is_partitioned else 'one'} inbox), {args.rows:,} rows each:"
+    )
+    for table, size in sorted(sizes.items()):
+        print(
+            f"  {table:8} {size * per_million / 2**20:8.1f} MiB per million rows ({size / args.rows:.0f} bytes a row)"
+        )
+
+
+if __name__ == "__main__":
+    main()
