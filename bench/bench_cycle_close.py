@@ -337,7 +337,7 @@ async def close(
             async def progress_check() -> bool:
                 if "trigger processed" not in timeline:
                     done = await stage.fetchval(
-                        "select count(*) from inbox where message_id = any($1::uuid[])", trigger_ids
+                        "select count(distinct message_id) from inbox where message_id = any($1::uuid[])", trigger_ids
                     )
                     if int(done) == len(trigger_ids):
                         timeline["trigger processed"] = now() - close_started
@@ -401,7 +401,9 @@ async def rerun(
         ids = [command.message_id for command in again]
 
         async def processed() -> bool:
-            found = await conn.fetchval("select count(*) from inbox where message_id = any($1::uuid[])", ids)
+            found = await conn.fetchval(
+                "select count(distinct message_id) from inbox where message_id = any($1::uuid[])", ids
+            )
             return int(found) == len(ids)
 
         await wait_for(processed, args.timeout, "the rerun trigger to be processed", interval=0.05)
