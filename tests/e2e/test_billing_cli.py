@@ -111,13 +111,13 @@ async def test_alerts_tail_follows_the_alerts_of_one_account_live(stack: Bus) ->
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert tail.stderr is not None
-    assert b"following" in await asyncio.wait_for(tail.stderr.readline(), 30)  # positions taken: nothing is missed
+    assert b"following" in await asyncio.wait_for(tail.stderr.readline(), 120)  # positions taken: nothing is missed
 
     for who in (other, account):
         await stack.send(
             "usage.calls", message(m.CallCharged, who, date(2026, 11, 20), call_id="big", cost=Decimal("210.00"))
         )
-    out, _ = await asyncio.wait_for(tail.communicate(), 60)
+    out, _ = await asyncio.wait_for(tail.communicate(), 120)
 
     alerts = [json.loads(line) for line in out.decode().splitlines()]
     assert tail.returncode == 0
