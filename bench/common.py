@@ -16,6 +16,7 @@ import json
 import os
 import random
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -199,6 +200,12 @@ class Worker:
     started_at: float
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def replica_names(service: str, replicas: int) -> list[str]:
     """Process names of a service's replicas (one consumer group): ``service`` alone when one."""
     return [service] if replicas == 1 else [f"{service}-{i + 1}" for i in range(replicas)]
@@ -219,8 +226,12 @@ class Workers:
         self._count = 0
 
     def start(self, service: str, name: str | None = None, **env: str) -> Worker:
+        """Each replica gets a metrics listener on a free port of its own; ``BILLING_METRICS_PORT=0``
+        in the environment runs every worker with metrics off (to compare the rates)."""
         name = name or service
         self._count += 1
+        if os.environ.get("BILLING_METRICS_PORT") != "0":
+            env.setdefault("BILLING_METRICS_PORT", str(free_port()))
         log = self.stack.log_dir / f"{self.run}-{self._count:02d}-{name}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(

@@ -4,13 +4,20 @@ An office admin buys user licenses mid-cycle (prorated), over-invites, schedules
 takes it back; calls accrue up to the 250.00 USD cap with alerts and a block; support raises
 the cap; a desk-phone order comes in; the scheduler closes the cycle (``billing close-cycles``)
 and the operators' command shows the invoice and the account (``billing invoice``, ``billing account``).
+At the end it waits until the alert board (``BILLING_BOARD_URL``, default http://127.0.0.1:8800)
+shows the account's alerts, and prints the page's address.
 Run by ``scripts/start``; ``python -m deploy.demo`` works when the workers already run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
+import time as clock
+import urllib.error
+import urllib.request
 import uuid
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -24,6 +31,7 @@ ADMIN = Actor(id="admin@acme", role="office_admin")
 PROVISIONING = Actor(id="provisioning", role="service")
 SUPPORT = Actor(id="support@phone.example", role="support")
 OUTPUTS = ["licensing.events", "metering.alerts", "billing.invoices", "billing.cycles"]
+BOARD_URL = os.environ.get("BILLING_BOARD_URL", "http://127.0.0.1:8800").rstrip("/")
 
 
 class Demo:
@@ -139,8 +147,33 @@ async def run() -> None:
         await bus.wait_count("billing.cycles", 1, account_id=account, type="BillingCycleClosed")
         print(f"\n== The account now (billing account {account})")
         await billing("account", account)
+        await on_the_board(account, len(bus.matching("metering.alerts", account_id=account)))
     finally:
         await bus.stop()
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+async def on_the_board(account: str, alerts: int, timeout_s: float = 30.0) -> None:
+    """Wait until the alert board has recorded the account's alerts and its cycle close."""
+    print("\n== The alert board (operations)")
+    deadline = clock.monotonic() + timeout_s
+    while True:
+        try:
+            shown = await asyncio.to_thread(_get_json, f"{BOARD_URL}/api/accounts/{account}")
+            recorded = sum(len(cycle["alerts"]) for cycle in shown["cycles"])
+            if recorded >= alerts and (shown["standing"] or {}).get("cycle_start") == "2026-12-01":
+                print(f"  {recorded} alerts of {account} on the board: {BOARD_URL}/?account={account}")
+                return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass  # not up yet, or the account not there yet (404)
+        if clock.monotonic() > deadline:
+            print(f"  the alert board at {BOARD_URL} did not show them within {timeout_s:.0f} s (is it running?)")
+            return
+        await asyncio.sleep(0.2)
 
 
 def main() -> None:

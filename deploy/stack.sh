@@ -41,7 +41,7 @@ PG_PORT="${PG_PORT:-55432}"
 PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 PG_DIR_RECORD="$STACK_DIR/postgres.path"
 PG_MARKER_NAME=".license-billing-stack"   # reset only deletes a PG_DIR carrying this marker
-PG_DATABASES=(license_orders usage_metering cycle_close)
+PG_DATABASES=(license_orders usage_metering cycle_close alert_board)
 PG_APP_USER="billing"
 PG_APP_PASSWORD="billing"
 

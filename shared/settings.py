@@ -60,6 +60,12 @@ class ServiceSettings(BaseSettings):
     relay_poll_interval_s: float = 0.05
     fault_crash_before_commit: int = 0
     fault_crash_after_commit: int = 0
+    # The worker's /metrics, /healthz and /readyz listener; 0 turns it (and all counting) off. Each
+    # service has its own default (license orders 9101, usage metering 9102, cycle close 9103,
+    # alert board 9104); replicas on one machine each need their own. All interfaces by default:
+    # probes and scrapers come from outside a container.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

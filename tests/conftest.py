@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -30,16 +31,28 @@ OUTPUT_TOPICS = [
 ] + [t.dlq for t in TOPICS]
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a worker's metrics listener or the board's page)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Workers:
-    """The three services as real processes, each its own consumer group member."""
+    """The services as real processes, each its own consumer group member."""
 
     def __init__(self) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_ports: dict[str, int] = {}
         self.logs = ROOT / ".stack" / "test-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
     def start(self, service: str, name: str | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """``name``'s metrics listener gets a free port of its own (replicas of one service run
+        side by side here), unless ``BILLING_METRICS_PORT`` is given."""
         name = name or service
+        env.setdefault("BILLING_METRICS_PORT", str(free_port()))
+        self.metrics_ports[name] = int(env["BILLING_METRICS_PORT"])
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],

@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, time
+from decimal import Decimal
+
+from prometheus_client import Counter
 
 from contracts import messages as m
 from contracts.topics import BILLING_CHARGES, BILLING_COMMANDS, BILLING_CYCLES, BILLING_INVOICES
@@ -12,8 +15,12 @@ from services.cycle_close import domain
 from services.cycle_close.settings import Settings
 from services.cycle_close.storage import CloseStore
 from shared.cycles import Cycle, cycle_containing, cycles_ending_by, next_cycle
+from shared.runtime import metrics
 from shared.runtime.registry import HandlerRegistry
 from shared.runtime.unit_of_work import UnitOfWork
+
+INVOICES_ISSUED = Counter("billing_invoices_issued", "Invoices issued (committed to be published).")
+INVOICED_USD = metrics.DecimalCounter("billing_invoiced_usd", "Sum of the totals of the invoices issued, USD.")
 
 registry = HandlerRegistry()
 INVOICE_NAMESPACE = uuid.UUID("3b0e1c52-6a43-4c1e-9a57-1f1a8d0c5e11")
@@ -160,7 +167,10 @@ async def _reports_in(unit: Work, reports: Sequence[m.LicenseCycleSealed | m.Usa
             )
         )
     new = await store.save_invoices([invoice for invoice, _ in invoices])
-    for invoice, closed in invoices:
-        if invoice.invoice_id in new:
-            unit.emit(BILLING_INVOICES.name, invoice)
-            unit.emit(BILLING_CYCLES.name, closed)
+    issued = [(invoice, closed) for invoice, closed in invoices if invoice.invoice_id in new]
+    for invoice, closed in issued:
+        unit.emit(BILLING_INVOICES.name, invoice)
+        unit.emit(BILLING_CYCLES.name, closed)
+    if metrics.enabled and issued:
+        unit.count(INVOICES_ISSUED, len(issued))
+        unit.count(INVOICED_USD, sum((invoice.total for invoice, _ in issued), Decimal(0)))

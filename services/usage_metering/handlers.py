@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 
+from prometheus_client import Counter
+
 from contracts import messages as m
 from contracts.envelope import Envelope
 from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
@@ -14,6 +16,7 @@ from services.usage_metering.storage import Account, MeterStore
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
+from shared.runtime import metrics
 from shared.runtime.registry import HandlerRegistry
 from shared.runtime.seals import Seals
 from shared.runtime.seals import seal_cycles as seal_protocol
@@ -22,6 +25,18 @@ from shared.runtime.unit_of_work import UnitOfWork
 registry = HandlerRegistry()
 ALERTS = METERING_ALERTS.name
 Work = UnitOfWork[MeterStore, Settings]
+
+_ALERTS_SENT = Counter(
+    "billing_alerts_sent", "Cap alerts sent, by alert: threshold_50/80/100, blocked, unblocked.", ["alert"]
+)
+ALERTS_SENT = {
+    key: _ALERTS_SENT.labels(key) for key in [f"threshold_{p}" for p in domain.THRESHOLDS] + ["blocked", "unblocked"]
+}
+CALLS_ACCRUED = Counter("billing_calls_accrued", "Calls charged (a repeated report of a call is not counted).")
+ACCRUED_USD = metrics.DecimalCounter(
+    "billing_calls_accrued_usd", "Call costs accrued, USD: billable (up to the cap) or over_cap.", ["part"]
+)
+BILLABLE_USD, OVER_CAP_USD = ACCRUED_USD.labels("billable"), ACCRUED_USD.labels("over_cap")
 
 
 def _alert_event(cause: Envelope, cycle: Cycle, alert: domain.Alert, part: str) -> m.Event:
@@ -41,6 +56,8 @@ def _emit_alerts(unit: Work, cause: Envelope, cycle: Cycle, alerts: list[domain.
     for alert in alerts:
         part = f"{cycle.start}:{alert.kind}:{alert.threshold_percent or alert.reason or ''}"
         unit.emit(ALERTS, _alert_event(cause, cycle, alert, part))
+        if metrics.enabled:
+            unit.count(ALERTS_SENT[f"threshold_{alert.threshold_percent}" if alert.kind == "threshold" else alert.kind])
 
 
 def _current_cycle(account: Account, day: date) -> Cycle:
@@ -94,9 +111,12 @@ async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
             by_meter.setdefault((call.account_id, cycle), []).append(call)
     stored = await store.versioned_meters([(a, cycle.start) for a, cycle in by_meter])
     changed: dict[tuple[str, Cycle], tuple[domain.Meter, int | None]] = {}
+    measured = metrics.enabled
+    billed = over_cap = domain.ZERO
     for (account_id, cycle), calls in by_meter.items():
         account = accounts[account_id]
         meter, version = stored.get((account_id, cycle.start)) or (domain.Meter(cap=account.cap), None)
+        before = meter
         if cycle < account.open_cycle:
             for call in calls:
                 meter = domain.accrue_late(meter, call.cost)
@@ -105,7 +125,14 @@ async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
             for index, alert in alerts:
                 _emit_alerts(unit, calls[index], cycle, [alert])
         changed[(account_id, cycle)] = (meter, version)
+        if measured:  # per meter, not per call
+            billed += meter.billable - before.billable
+            over_cap += meter.over_cap - before.over_cap
     await store.save_meters_if_unchanged(changed)
+    if measured:
+        unit.count(CALLS_ACCRUED, len(known) - len(repeats))
+        unit.count(BILLABLE_USD, billed)
+        unit.count(OVER_CAP_USD, over_cap)
 
 
 @registry.on(m.SetCallingCreditCap)

@@ -10,6 +10,7 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
     database_name: str = "usage_metering"
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
     batch_max_records: int = 5000
     # usage.calls: a fetch returns once this much is there (~1,000 calls) or after calls_linger_ms,
     # so at moderate rates a batch holds more than a handful of calls (fewer transactions).

@@ -55,6 +55,7 @@ async def record_dead_letters(unit: Unit, service: str, dead: Sequence[tuple[Kaf
                 },
             )
         ).first()
+        unit.outcomes[(record.topic, "dead_lettered" if inserted is not None else "duplicate")] += 1
         if inserted is not None:
             key = record.key.decode("utf-8", "replace") if record.key else ""
             payload = dead_letter_payload(record, error, service)

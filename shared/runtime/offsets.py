@@ -34,6 +34,7 @@ class OffsetCommitter:
         self.min_interval_s = min_interval_s
         self.consumer: Any = None
         self._pending: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}  # next offset to process, per partition (for lag)
         self._task: asyncio.Task[None] | None = None
 
     def processed(self, consumer: Any, records: Iterable[Any]) -> None:
@@ -44,6 +45,7 @@ class OffsetCommitter:
             tp = TopicPartition(record.topic, record.partition)
             if record.offset + 1 > pending.get(tp, -1):
                 pending[tp] = record.offset + 1
+        self.positions.update(pending)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._commit_pending(), name=f"{self.service}-offset-commit")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from shared.rejections import Rejected
 from shared.runtime.codec import KafkaRecord, Unreadable, describe, list_decoder, parse_model, read_envelope
 from shared.runtime.crash_points import CrashPoints
 from shared.runtime.dead_letters import record_context, record_dead_letters
+from shared.runtime.metrics import BatchMetrics
 from shared.runtime.registry import HandlerRegistry
 from shared.runtime.retention import CLAIM_INBOX
 from shared.runtime.transient import is_transient
@@ -53,6 +55,7 @@ class BatchProcessor:
         crash_points: CrashPoints | None = None,
         store: StoreFactory | None = None,
         settings: Any = None,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self.service = service
         self.sessions = sessions
@@ -61,6 +64,7 @@ class BatchProcessor:
         self.settings = settings
         self.max_backoff_s = max_backoff_s
         self.crash_points = crash_points or CrashPoints()
+        self.metrics = metrics
 
     async def process(self, records: Sequence[KafkaRecord]) -> None:
         """Process a batch until its effect is committed; returns only then (or raises on cancel)."""
@@ -97,6 +101,8 @@ class BatchProcessor:
                     unit = Unit(session)
                     await record_dead_letters(unit, self.service, [(record, error)])
                     await unit.flush()
+                if self.metrics is not None:
+                    self.metrics.committed([record], unit.outcomes, unit.counted, one_topic=True)
                 return
             except Exception as exc:
                 if not is_transient(exc):
@@ -107,6 +113,7 @@ class BatchProcessor:
     async def _process_once(self, records: Sequence[KafkaRecord]) -> None:
         dead: list[tuple[KafkaRecord, str]] = []
         readable: list[tuple[KafkaRecord, Envelope, Envelope | None]] = []
+        batch, ignored = records, Tally[tuple[str, str]]()
         whole = _parse_all(records)
         if whole is not None:
             readable = [(record, message, message) for record, message in zip(records, whole, strict=True)]
@@ -122,19 +129,24 @@ class BatchProcessor:
                 dead.append((record, str(exc)))
                 continue
             if not self.registry.wants(record.topic, envelope.type):
+                ignored[(record.topic, "ignored")] += 1
                 continue  # a message of its topic this service has no use for: no inbox row, no effect
             readable.append((record, envelope, None))
         if not readable and not dead:
+            if self.metrics is not None:
+                self.metrics.committed(batch, ignored, (), one_topic=False)
             return
 
         async with self.sessions() as session, session.begin():
             unit = self.unit(session)
+            unit.outcomes = ignored  # the records skipped before the transaction
             self_deduplicating = self.registry.deduplicated_by_handler
             new_ids = await _claim(unit, [(r, e) for r, e, _ in readable if e.type not in self_deduplicating])
             new_ids |= {e.message_id for _, e, _ in readable if e.type in self_deduplicating}
             batched: dict[str, list[Envelope]] = {}
             for record, envelope, parsed in readable:
                 if envelope.message_id not in new_ids:
+                    unit.outcomes[(record.topic, "duplicate")] += 1
                     continue  # processed before, or twice in this batch: no second effect
                 new_ids.discard(envelope.message_id)
                 message = parsed or self._parse(unit, record, envelope, dead)
@@ -160,6 +172,8 @@ class BatchProcessor:
             self.crash_points.batches += 1
             self.crash_points.check("before_commit")
         self.crash_points.check("after_commit")
+        if self.metrics is not None:
+            self.metrics.committed(batch, unit.outcomes, unit.counted, one_topic=whole is not None)
 
     def unit(self, session: AsyncSession) -> Unit:
         """A unit of work on ``session`` with the service's store on it."""
@@ -193,6 +207,7 @@ class BatchProcessor:
             dead.append((record, f"{code}: {reason}"))  # an invalid event: the sender has no reply topic
             unit.unclaimed.append(message.message_id)
             return
+        unit.outcomes[(record.topic, "rejected")] += 1
         unit.emit(
             topic.rejections_to,
             CommandRejected(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import zlib
 from typing import Any
 
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
+from shared.runtime import metrics
 from shared.runtime.tables import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class OutboxRelay:
         kafka_options: dict[str, Any],
         batch_size: int = 2000,
         poll_interval_s: float = 0.05,
+        measured: bool = False,
     ) -> None:
         self.service = service
         self.dsn = dsn
@@ -60,6 +63,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self.measured = measured  # publish latency into the worker's metrics
 
     def _notified(self, *_notification: object) -> None:
         """A commit with outbox rows, in this process or another replica (``NOTIFY outbox``)."""
@@ -160,7 +164,10 @@ class OutboxRelay:
         )
         if not rows:
             return []
+        started = time.perf_counter()
         failed = await self._publish(rows)
+        if self.measured:
+            metrics.relay_round(len(rows) - len(failed), time.perf_counter() - started)
         retry = [error for _, error in failed if not isinstance(error, NEVER_DELIVERABLE)]
         if retry:
             raise retry[0]  # the broker may take it later: publish the batch again

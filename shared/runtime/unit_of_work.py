@@ -4,6 +4,7 @@ events to publish when it commits (written to the outbox in the same transaction
 from __future__ import annotations
 
 import uuid
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -52,6 +53,8 @@ class UnitOfWork(Protocol[S, T]):
 
     async def release_parked(self, account_id: str) -> list[Envelope]: ...
 
+    def count(self, counter: Any, amount: Any = 1) -> None: ...
+
 
 @dataclass
 class Unit:
@@ -66,7 +69,14 @@ class Unit:
     # Claimed in the inbox, then dead-lettered: no effect, so not kept as processed (a corrected
     # copy with the same id, e.g. one re-driven with ``billing dlq replay``, is processed).
     unclaimed: list[uuid.UUID] = field(default_factory=list)
+    # Records not handled, by (topic, outcome), and metrics to count once the transaction committed.
+    outcomes: Tally[tuple[str, str]] = field(default_factory=Tally)
+    counted: list[tuple[Any, Any]] = field(default_factory=list)
     _driver: Any = None
+
+    def count(self, counter: Any, amount: Any = 1) -> None:
+        """Add ``amount`` to a metric (a bound counter) if and when this unit's transaction commits."""
+        self.counted.append((counter, amount))
 
     async def db(self) -> Any:
         """The asyncpg connection in this unit's transaction, for the hot statements."""

@@ -22,7 +22,9 @@ from faststream.specification import AsyncAPI
 
 from contracts.topics import BY_NAME
 from shared.db import make_engine, make_sessions, upgrade_to_head, wait_for_database
+from shared.http import Listener
 from shared.logs import configure_logging
+from shared.runtime import metrics
 from shared.runtime.crash_points import CrashPoints
 from shared.runtime.offsets import OffsetCommitter, rewind
 from shared.runtime.processor import BatchProcessor
@@ -119,17 +121,20 @@ def tune_garbage_collector(young_threshold: int) -> None:
         gc.callbacks.append(_log_long_collections)
 
 
-def _consumer(processor: BatchProcessor, committer: OffsetCommitter) -> Any:
+def _consumer(processor: BatchProcessor, committer: OffsetCommitter, timer: metrics.BatchTimer | None) -> Any:
     """The subscriber's handler: process the batch, then hand its offsets to the committer."""
 
     async def consume(decoded: Any) -> None:  # Any: FastStream documents the payload from this annotation
         batch: Fetched = decoded
+        started = time.perf_counter()
         try:
             await processor.process(batch.records)  # aiokafka's records as they are: no copy per record
         except BaseException:
             rewind(batch.consumer, batch.records)  # fetched again, never passed over by a later commit
             raise
         committer.processed(batch.consumer, batch.records)
+        if timer is not None:
+            timer.observe(len(batch.records), started)
 
     return consume
 
@@ -142,6 +147,7 @@ class WorkerParts:
     broker: KafkaBroker
     processor: BatchProcessor
     relay: OutboxRelay
+    probes: metrics.Probes
 
 
 def build_worker(
@@ -157,6 +163,7 @@ def build_worker(
     """``store`` builds the service's store on a transaction's session: each unit of work
     carries it, with ``settings``, to the handlers."""
     configure_logging(settings.log_level, settings.log_format)
+    metrics.enabled = settings.metrics_port != 0
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         security=_security(settings),
@@ -173,6 +180,7 @@ def build_worker(
         settings.kafka_options(),
         batch_size=settings.relay_batch_size,
         poll_interval_s=settings.relay_poll_interval_s,
+        measured=metrics.enabled,
     )
     retention = Retention(
         service,
@@ -188,10 +196,18 @@ def build_worker(
         crash_points=CrashPoints(settings.fault_crash_before_commit, settings.fault_crash_after_commit),
         store=store,
         settings=settings,
+        metrics=metrics.BatchMetrics(t for s in subscriptions for t in s.topics) if metrics.enabled else None,
+    )
+    probes = metrics.Probes(service, engine)
+    listener = (
+        Listener(metrics.probe_app(probes), settings.metrics_host, settings.metrics_port, "BILLING_METRICS_PORT")
+        if metrics.enabled
+        else None
     )
 
     committers: list[OffsetCommitter] = []
     for subscription in subscriptions:
+        timer = metrics.BatchTimer(",".join(subscription.topics)) if metrics.enabled else None
         # Several consumers of one group in one process share the partitions: while one waits for
         # PostgreSQL, another processes its batch (each partition still has one consumer, in order).
         for index in range(subscription.consumers or settings.consumers_per_subscription):
@@ -212,7 +228,8 @@ def build_worker(
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,
             )
-            subscriber(_consumer(processor, committer))
+            subscriber(_consumer(processor, committer, timer))
+            probes.watch(subscription.topics, subscriber, committer)
 
     dead_letters_of = {t.dlq: t for t in BY_NAME.values()}
     for name in publishes:  # declared for the AsyncAPI document; the outbox relay does the sending
@@ -229,6 +246,9 @@ def build_worker(
 
     @app.on_startup
     async def prepare_database() -> None:
+        if listener is not None:  # first: /healthz answers while the database is awaited and migrated
+            await listener.start()
+            log.info("metrics on port %s", listener.port, extra={"service": service})
         await wait_for_database(engine)
         await upgrade_to_head(engine, migrations_dir)
         await retention.run_once()  # this week's inbox partition exists before the first claim
@@ -238,6 +258,7 @@ def build_worker(
         await relay.start()
         retention.start()
         tune_garbage_collector(settings.gc_young_threshold)
+        probes.started = True
         log.info("worker started", extra={"service": service})
 
     @app.on_shutdown
@@ -249,6 +270,8 @@ def build_worker(
     async def stop_relay() -> None:
         await retention.stop()
         await relay.stop()
+        if listener is not None:
+            await listener.stop()
         await engine.dispose()
 
-    return WorkerParts(app, broker, processor, relay)
+    return WorkerParts(app, broker, processor, relay, probes)

@@ -19,6 +19,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from contracts import messages as m
@@ -47,6 +48,21 @@ async def exited(proc: subprocess.Popen[bytes], timeout: float = 90) -> int:
             raise AssertionError("the worker did not crash at its crash point")
         await asyncio.sleep(0.1)
     return proc.returncode
+
+
+async def readyz(workers: Workers, name: str) -> tuple[int, str]:
+    async with httpx2.AsyncClient(timeout=10) as client:
+        response = await client.get(f"http://127.0.0.1:{workers.metrics_ports[name]}/readyz")
+    return response.status_code, response.text
+
+
+async def not_ready_because(workers: Workers, name: str, reason: str) -> str | None:
+    status, body = await readyz(workers, name)
+    return body if status == 503 and reason in body else None
+
+
+async def ready_again(workers: Workers, name: str) -> bool:
+    return (await readyz(workers, name))[0] == 200
 
 
 async def settle_and_check(workload: Workload, bus: Bus, dbs) -> None:
@@ -93,17 +109,23 @@ async def test_sigkill_of_a_worker_mid_stream_then_restart_ends_with_exact_books
     await settle_and_check(workload, stack, dbs)
 
 
-async def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(stack: Bus, dbs) -> None:
+async def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(stack: Bus, dbs, workers: Workers) -> None:
     workload = Workload.build(10 * SCALE, "broker-restart")
     await workload.open_accounts(stack, dbs)
     items = workload.stream()
     half = len(items) // 2
     await workload.send(stack, items[:half])
     stack_command("kafka-stop")
-    await asyncio.sleep(2)
-    stack_command("kafka-start")
+    try:
+        body = await wait_until(
+            lambda: not_ready_because(workers, "license_orders", "kafka: "), timeout=30, what="readiness to say Kafka"
+        )
+        assert "is not in group license-orders" in body
+    finally:
+        stack_command("kafka-start")
     await workload.send(stack, items[half:])
     await settle_and_check(workload, stack, dbs)
+    await wait_until(lambda: ready_again(workers, "license_orders"), timeout=60, what="license orders ready again")
 
 
 async def test_postgresql_restarted_mid_stream_leaves_no_partial_transaction(stack: Bus, dbs) -> None:
@@ -114,6 +136,24 @@ async def test_postgresql_restarted_mid_stream_leaves_no_partial_transaction(sta
     await asyncio.sleep(3)
     stack_command("pg-start")
     await settle_and_check(workload, stack, dbs)
+
+
+async def test_readiness_says_the_database_is_away_while_postgresql_is_stopped_and_ready_once_back(
+    stack: Bus, workers: Workers
+) -> None:
+    assert await readyz(workers, "usage_metering") == (200, "ready\n")
+    stack_command("pg-stop")
+    try:
+        body = await wait_until(
+            lambda: not_ready_because(workers, "usage_metering", "database: "), timeout=30, what="not ready: database"
+        )
+        async with httpx2.AsyncClient(timeout=10) as client:  # alive all the same: no restart wanted
+            port = workers.metrics_ports["usage_metering"]
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    finally:
+        stack_command("pg-start")
+    assert body.startswith("not ready\n- database: ")
+    await wait_until(lambda: ready_again(workers, "usage_metering"), timeout=60, what="usage metering ready again")
 
 
 async def test_a_paused_consumer_resumed_after_a_replica_took_over_applies_nothing_twice(

@@ -24,7 +24,7 @@ from tests.support import PG, PG_PORT
 pytestmark = pytest.mark.stack
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("license_orders", "usage_metering", "cycle_close")
+SERVICES = ("license_orders", "usage_metering", "cycle_close", "alert_board")
 
 
 @pytest.fixture

@@ -36,6 +36,10 @@ class FakeUnit:
     emitted: list[tuple[str, Envelope]] = field(default_factory=list)
     parked: list[tuple[str, Envelope]] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
+    counted: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def count(self, counter: Any, amount: Any = 1) -> None:
+        self.counted.append((counter, amount))
 
     def emit(self, topic: str, event: Event | Command) -> None:
         self.emitted.append((topic, event))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("service", ["license_orders", "usage_metering", "cycle_close"])
+@pytest.mark.parametrize("service", ["license_orders", "usage_metering", "cycle_close", "alert_board"])
 def test_the_committed_service_document_is_what_the_service_generates(
     service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,3 +125,18 @@ async def test_a_repeated_seal_request_is_answered_with_the_same_event() -> None
 
     first, again = unit.events(m.UsageCycleSealed)
     assert again == first
+
+
+async def test_with_metrics_on_a_batch_counts_its_alerts_calls_and_exact_amounts(monkeypatch) -> None:
+    monkeypatch.setattr(handlers.metrics, "enabled", True)
+    unit = a_unit()
+    account = await opened(unit)
+
+    await handlers.calls_charged(unit, [call(account, "c1", "200.10"), call(account, "c1", "200.10")])
+    await handlers.calls_charged(unit, [call(account, "c2", "60.05")])
+
+    counted = [(counter, amount) for counter, amount in unit.counted]
+    assert (handlers.ALERTS_SENT["threshold_50"], 1) in counted and (handlers.ALERTS_SENT["blocked"], 1) in counted
+    assert sum(n for c, n in counted if c is handlers.CALLS_ACCRUED) == 2  # the repeat is not a call
+    assert sum((a for c, a in counted if c is handlers.BILLABLE_USD), Decimal(0)) == Decimal("250.00")
+    assert sum((a for c, a in counted if c is handlers.OVER_CAP_USD), Decimal(0)) == Decimal("10.15")

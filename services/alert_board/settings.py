@@ -1,0 +1,18 @@
+"""Alert board's settings: the shared ones plus its own database and the web page's address."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    database_name: str = "alert_board"
+    metrics_port: int = Field(default=9104, ge=0, le=65535)
+    # The page and its JSON API: loopback by default (an operator's machine or a port-forward).
+    board_host: str = "127.0.0.1"
+    board_port: int = Field(default=8800, ge=0, le=65535)
+    # How often the live feed looks for new alerts when no notification came (a lost one).
+    board_poll_interval_s: float = Field(default=1.0, gt=0)
