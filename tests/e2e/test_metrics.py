@@ -88,7 +88,6 @@ async def test_ten_calls_and_one_garbage_record_move_the_counters_by_exactly_tha
     assert moved("billing_calls_accrued_usd_total", part="billable") == pytest.approx(11.95, abs=1e-9)
     assert moved("billing_batch_size_sum", subscription="usage.calls") == 11
     assert moved("billing_batch_duration_seconds_count", subscription="usage.calls") >= 1
-    assert value(after, "billing_relay_published_total") > value(before, "billing_relay_published_total")
     assert value(after, "billing_outbox_backlog") >= 0 and value(after, "billing_outbox_oldest_age_seconds") >= 0
     partitions = {
         dict(labels)["partition"]
@@ -107,9 +106,8 @@ async def test_a_second_worker_on_a_taken_metrics_port_stops_with_a_clear_error(
     taken = workers.metrics_ports["license_orders"]
     proc = workers.start("license_orders", name="license_orders-port-clash", BILLING_METRICS_PORT=str(taken))
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                break
+        deadline = time.monotonic() + 180  # a worker's imports alone take a minute on a busy machine
+        while proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert proc.returncode not in (None, 0)
     finally:
