@@ -107,7 +107,7 @@ async def test_a_second_worker_on_a_taken_metrics_port_stops_with_a_clear_error(
     proc = workers.start("license_orders", name="license_orders-port-clash", BILLING_METRICS_PORT=str(taken))
     try:
         deadline = time.monotonic() + 180  # a worker's imports alone take a minute on a busy machine
-        while proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a process, no event to await
             await asyncio.sleep(0.1)
         assert proc.returncode not in (None, 0)
     finally:

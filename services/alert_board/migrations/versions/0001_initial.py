@@ -11,11 +11,20 @@ down_revision = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "inbox",
-        sa.Column("message_id", sa.Uuid, primary_key=True),
-        sa.Column("topic", sa.Text, nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    # The inbox partitioned by the UTC week of the claim, as the other services' inboxes are since
+    # their inbox_by_week revisions (shared/runtime/retention.py claims, creates and drops weeks).
+    op.execute(
+        "create table inbox (message_id uuid not null, topic text not null, "
+        "processed_at timestamp with time zone not null default now(), "
+        "bucket date not null, constraint inbox_pkey primary key (message_id, bucket)) partition by range (bucket)"
+    )
+    op.execute("comment on column inbox.bucket is 'the UTC week (its Monday) the message was claimed in'")
+    op.execute(
+        "do $$ declare monday date := date_trunc('week', now() at time zone 'utc')::date; "
+        "begin for week in 0..2 loop execute format("
+        "'create table %I partition of inbox for values from (%L) to (%L)', "
+        "'inbox_' || to_char(monday + 7 * week, 'YYYYMMDD'), monday + 7 * week, monday + 7 * (week + 1)); "
+        "end loop; end $$"
     )
     op.create_table(
         "outbox",
@@ -38,6 +47,19 @@ def upgrade() -> None:
         sa.Column("failed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.UniqueConstraint("topic", "partition", "offset", "record_timestamp", name="dead_letters_source_key"),
     )
+    op.create_table(
+        "dead_letter_replays",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column(
+            "dead_letter_id", sa.BigInteger, sa.ForeignKey("dead_letters.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column("replayed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("replayed_by", sa.Text, nullable=False),
+        sa.Column("amended", sa.Boolean, nullable=False, comment="the value was replaced by hand"),
+        sa.Column("to_partition", sa.Integer, nullable=False),
+        sa.Column("to_offset", sa.BigInteger, nullable=False),
+    )
+    op.create_index("dead_letter_replays_by_letter", "dead_letter_replays", ["dead_letter_id"])
     op.create_table(
         "parked",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
