@@ -1,0 +1,416 @@
+"""Writes the kustomize base under deploy/k8s/base from the project's registries and settings.
+
+``python -m deploy.k8s.generate`` rewrites the files; ``--check`` only says which differ (a test
+runs it). What comes from where:
+
+- the Strimzi ``KafkaTopic`` resources: ``contracts.topics`` (partition counts included);
+- the KEDA ``ScaledObject`` of usage metering: its ceiling is the partition count of ``usage.calls``;
+- every ``BILLING_*`` variable the Deployments set is checked against ``shared.settings``: a setting
+  renamed there fails the generation, and a new secret setting (``SecretStr``) needs a source here.
+
+The overlays (deploy/k8s/overlays/) are written by hand and patch what differs per environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr
+
+from contracts.topics import BY_NAME, DLQ_PARTITIONS, TOPICS
+
+BASE = Path(__file__).resolve().parent / "base"
+PART_OF = "license-billing"
+IMAGE = "license-billing"
+KAFKA_CLUSTER = "billing"
+"""The Strimzi ``Kafka`` resource's name (the platform team's; its bootstrap service follows from it)."""
+KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap:9093"
+KAFKA_CA_SECRET = f"{KAFKA_CLUSTER}-cluster-ca-cert"
+"""Strimzi's cluster CA certificate (key ``ca.crt``), mounted for the TLS listener."""
+KAFKA_CA_DIR = "/etc/billing/kafka-ca"
+METRICS_PORT = 9100
+BOARD_PORT = 8800
+TOPIC_REPLICAS = 3
+CALLS_LAG_PER_REPLICA = 20_000
+"""Calls waiting per metering replica before KEDA adds one: about 1-2 s of one replica's work at
+the rates in docs/benchmarks.md (docs/scaling.md)."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    """The service's principal: Deployment, consumer group, Kafka user and database role."""
+    module: str
+    replicas: int
+    cpu: str
+    memory: str
+    settings: dict[str, str] = field(default_factory=dict)
+    web_port: int | None = None
+
+
+SCHEDULER = "scheduler"
+"""The cycle-close scheduler's principal (its Kafka user sends the daily trigger)."""
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY = {
+    "automountServiceAccountToken": False,
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
+VOLUMES = [
+    {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+    {"name": "kafka-ca", "secret": {"secretName": KAFKA_CA_SECRET, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+]
+
+WORKERS: tuple[Worker, ...] = (
+    Worker("license-orders", "services.license_orders", 2, "250m", "256Mi"),
+    Worker("usage-metering", "services.usage_metering", 2, "1", "512Mi"),
+    Worker("cycle-close", "services.cycle_close", 2, "500m", "512Mi"),
+    Worker(
+        "alert-board",
+        "services.alert_board",
+        2,
+        "250m",
+        "256Mi",
+        {"BILLING_BOARD_HOST": "0.0.0.0", "BILLING_BOARD_PORT": str(BOARD_PORT)},
+        web_port=BOARD_PORT,
+    ),
+)
+BY_WORKER = {w.name: w for w in WORKERS}
+SCALED_BY_LAG = "usage-metering"
+
+# What every worker sets; the rest keeps the settings' defaults.
+COMMON_SETTINGS = {
+    "BILLING_ENVIRONMENT": "production",
+    "BILLING_LOG_FORMAT": "json",
+    "BILLING_KAFKA_BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
+    "BILLING_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "BILLING_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "BILLING_KAFKA_SSL_CAFILE": f"{KAFKA_CA_DIR}/ca.crt",
+    "BILLING_DATABASE_PORT": "5432",
+    "BILLING_METRICS_PORT": str(METRICS_PORT),
+    "BILLING_METRICS_HOST": "0.0.0.0",
+}
+
+
+def worker_settings(worker: Worker) -> dict[str, str]:
+    """A worker's own: its Kafka user, its database (each service its own PostgreSQL), its extras."""
+    database = worker.name.replace("-", "_")
+    return {
+        "BILLING_KAFKA_SASL_USERNAME": worker.name,
+        "BILLING_DATABASE_HOST": f"{worker.name}-db-rw",
+        "BILLING_DATABASE_NAME": database,
+        "BILLING_DATABASE_USER": database,
+        **worker.settings,
+    }
+
+
+def secret_sources(worker: Worker) -> dict[str, tuple[str, str]]:
+    """Each secret setting and the (Secret, key) it comes from. The Kafka password is the one the
+    Strimzi User Operator writes for the worker's ``KafkaUser``; the database's is the platform's
+    (e.g. the PostgreSQL operator's) ``<worker>-db-app`` Secret."""
+    return {
+        "BILLING_KAFKA_SASL_PASSWORD": (worker.name, "password"),
+        "BILLING_DATABASE_PASSWORD": (f"{worker.name}-db-app", "password"),
+    }
+
+
+def _check_against_settings() -> None:
+    for worker in WORKERS:
+        settings = importlib.import_module(f"{worker.module}.settings").Settings
+        names = {f"BILLING_{n.upper()}" for n in settings.model_fields}
+        unknown = sorted({*COMMON_SETTINGS, *worker_settings(worker), *secret_sources(worker)} - names)
+        if unknown:
+            raise SystemExit(f"deploy/k8s/generate.py sets {unknown}, which {worker.module}.settings does not have")
+        secrets = {
+            f"BILLING_{n.upper()}" for n, f in settings.model_fields.items() if SecretStr in _types(f.annotation)
+        }
+        missing = sorted(secrets - set(secret_sources(worker)))
+        if missing:
+            raise SystemExit(f"secret settings {missing} need a Secret in deploy/k8s/generate.py (secret_sources)")
+
+
+def _types(annotation: Any) -> set[Any]:
+    args = getattr(annotation, "__args__", None)
+    return {annotation} if not args else {t for a in args for t in _types(a)}
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": PART_OF}
+
+
+def settings_configmaps() -> list[dict[str, Any]]:
+    maps = [_configmap("billing-settings", COMMON_SETTINGS, PART_OF)]
+    maps += [_configmap(f"{w.name}-settings", worker_settings(w), w.name) for w in WORKERS]
+    return maps
+
+
+def _configmap(name: str, data: dict[str, str], app: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": _labels(app)},
+        "data": dict(sorted(data.items())),
+    }
+
+
+def deployment(worker: Worker) -> dict[str, Any]:
+    probe_port = {"port": "metrics"}
+    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    if worker.web_port:
+        ports.append({"name": "web", "containerPort": worker.web_port})
+    container = {
+        "name": "worker",
+        "image": IMAGE,
+        "command": ["python", "-m", worker.module],
+        "envFrom": [
+            {"configMapRef": {"name": "billing-settings"}},
+            {"configMapRef": {"name": f"{worker.name}-settings"}},
+        ],
+        "env": [
+            {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+            for env, (secret, key) in secret_sources(worker).items()
+        ],
+        "ports": ports,
+        # Start-up waits for the database and migrates it (docs/scaling.md): /healthz answers meanwhile.
+        "startupProbe": {"httpGet": {"path": "/healthz", **probe_port}, "periodSeconds": 2, "failureThreshold": 90},
+        "livenessProbe": {"httpGet": {"path": "/healthz", **probe_port}, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", **probe_port}, "periodSeconds": 5, "failureThreshold": 2},
+        "resources": {
+            "requests": {"cpu": worker.cpu, "memory": worker.memory},
+            "limits": {"memory": worker.memory},
+        },
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": worker.name, "labels": _labels(worker.name)},
+        "spec": {
+            "replicas": worker.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": worker.name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": _labels(worker.name)},
+                "spec": {
+                    **POD_SECURITY,
+                    # SIGTERM: the worker commits its last offsets and stops its relay (well under 30 s).
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": VOLUMES,
+                },
+            },
+        },
+    }
+
+
+def pod_disruption_budget(worker: Worker) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": worker.name, "labels": _labels(worker.name)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": worker.name}}},
+    }
+
+
+def service(worker: Worker) -> dict[str, Any]:
+    ports = [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]
+    if worker.web_port:
+        ports.append({"name": "web", "port": 80, "targetPort": "web"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": worker.name, "labels": _labels(worker.name)},
+        "spec": {"selector": {"app.kubernetes.io/name": worker.name}, "ports": ports},
+    }
+
+
+def kafka_topics() -> list[dict[str, Any]]:
+    topics = []
+    for topic in TOPICS:
+        for name, partitions in ((topic.name, topic.partitions), (topic.dlq, DLQ_PARTITIONS)):
+            topics.append(
+                {
+                    "apiVersion": "kafka.strimzi.io/v1",
+                    "kind": "KafkaTopic",
+                    # Kubernetes names take no dots' meaning; topicName keeps the real one.
+                    "metadata": {"name": name.replace(".", "-"), "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}},
+                    "spec": {
+                        "topicName": name,
+                        "partitions": partitions,
+                        "replicas": TOPIC_REPLICAS,
+                        "config": {"min.insync.replicas": 2},
+                    },
+                }
+            )
+    return topics
+
+
+def scaled_object() -> list[dict[str, Any]]:
+    worker = BY_WORKER[SCALED_BY_LAG]
+    calls = BY_NAME["usage.calls"]
+    auth_name = f"{worker.name}-kafka"
+    return [
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "TriggerAuthentication",
+            "metadata": {"name": auth_name, "labels": _labels(worker.name)},
+            "spec": {
+                # The worker's own Kafka user (its group's offsets are what KEDA reads).
+                "configMapTargetRef": [
+                    {"parameter": "username", "name": f"{worker.name}-settings", "key": "BILLING_KAFKA_SASL_USERNAME"}
+                ],
+                "secretTargetRef": [
+                    {"parameter": "password", "name": worker.name, "key": "password"},
+                    {"parameter": "ca", "name": KAFKA_CA_SECRET, "key": "ca.crt"},
+                ],
+            },
+        },
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "ScaledObject",
+            "metadata": {"name": worker.name, "labels": _labels(worker.name)},
+            "spec": {
+                "scaleTargetRef": {"name": worker.name},
+                "minReplicaCount": worker.replicas,
+                # A replica past the partition count would get no partition of usage.calls.
+                "maxReplicaCount": calls.partitions,
+                "triggers": [
+                    {
+                        "type": "kafka",
+                        "metadata": {
+                            "bootstrapServers": KAFKA_BOOTSTRAP,
+                            "consumerGroup": worker.name,
+                            "topic": calls.name,
+                            "lagThreshold": str(CALLS_LAG_PER_REPLICA),
+                            "offsetResetPolicy": "earliest",
+                            "allowIdleConsumers": "false",
+                            "sasl": "scram_sha512",
+                            "tls": "enable",
+                        },
+                        "authenticationRef": {"name": auth_name},
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def close_cycles_cronjob() -> dict[str, Any]:
+    """The scheduler: every day, close every cycle that ended by that day (a cycle ends on any
+    billing day, and a repeated trigger closes nothing twice). It only sends the trigger, as the
+    scheduler's own Kafka user; cycle close does the work."""
+    container = {
+        "name": "trigger",
+        "image": IMAGE,
+        "command": ["sh", "-c", 'exec billing close-cycles --as-of "$(date -u +%F)" --role service --no-wait'],
+        "envFrom": [{"configMapRef": {"name": "billing-settings"}}],
+        "env": [
+            {"name": "BILLING_KAFKA_SASL_USERNAME", "value": SCHEDULER},
+            {
+                "name": "BILLING_KAFKA_SASL_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": SCHEDULER, "key": "password"}},
+            },
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "close-cycles", "labels": _labels("close-cycles")},
+        "spec": {
+            "schedule": "15 0 * * *",
+            "timeZone": "Etc/UTC",
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {
+                "spec": {
+                    "backoffLimit": 3,
+                    "template": {
+                        "metadata": {"labels": _labels("close-cycles")},
+                        "spec": {
+                            **POD_SECURITY,
+                            "restartPolicy": "OnFailure",
+                            "containers": [container],
+                            "volumes": VOLUMES,
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # a shared dict (security contexts, volumes) is written out in full every time
+
+
+def files() -> dict[str, str]:
+    """Every generated file under base/, by name, as its text."""
+    _check_against_settings()
+    documents: dict[str, list[dict[str, Any]]] = {"settings.yaml": settings_configmaps()}
+    for worker in WORKERS:
+        documents[f"{worker.name}.yaml"] = [deployment(worker), pod_disruption_budget(worker), service(worker)]
+    documents["kafka-topics.yaml"] = kafka_topics()
+    documents["usage-metering-scaling.yaml"] = scaled_object()
+    documents["close-cycles.yaml"] = [close_cycles_cronjob()]
+    header = "# Generated by `python -m deploy.k8s.generate` from contracts/ and shared/settings.py: edit those.\n"
+    out = {
+        name: header + yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, width=120)
+        for name, docs in documents.items()
+    }
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "labels": [{"pairs": {"app.kubernetes.io/part-of": PART_OF}}],
+        "resources": sorted(out),
+    }
+    out["kustomization.yaml"] = header + yaml.dump(kustomization, Dumper=_Dumper, sort_keys=False)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    args = parser.parse_args()
+    wanted = files()
+    stale = [n for n, text in wanted.items() if not (BASE / n).exists() or (BASE / n).read_text() != text]
+    extra = sorted(p.name for p in BASE.glob("*.yaml") if p.name not in wanted) if BASE.exists() else []
+    if args.check:
+        if stale or extra:
+            print(f"deploy/k8s/base is stale ({', '.join(stale + extra)}): run python -m deploy.k8s.generate")
+            sys.exit(1)
+        return
+    BASE.mkdir(parents=True, exist_ok=True)
+    for name in extra:
+        (BASE / name).unlink()
+    for name in stale:
+        (BASE / name).write_text(wanted[name])
+    print(f"deploy/k8s/base: {len(stale)} written, {len(extra)} removed, {len(wanted) - len(stale)} unchanged")
+
+
+if __name__ == "__main__":
+    main()
