@@ -7,6 +7,8 @@ Marked ``image`` (builds the image, minutes); the default run leaves it out, CI 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -40,7 +43,11 @@ def image() -> str:
 def running(image: str, *command: str) -> Iterator[str]:
     """A container from the image on the host's network, read-only, with this stack's BILLING_* settings."""
     name = f"license-billing-test-{uuid.uuid4().hex[:8]}"
-    settings = [f"--env={key}={value}" for key, value in os.environ.items() if key.startswith("BILLING_")]
+    env = {key: value for key, value in os.environ.items() if key.startswith("BILLING_")}
+    env |= stack_credentials("env_for", "license-orders")
+    settings = [f"--env={key}={value}" for key, value in env.items()]
+    if cafile := env.get("BILLING_KAFKA_SSL_CAFILE"):  # the stack's own CA, when it runs TLS
+        settings.append(f"--volume={cafile}:{cafile}:ro")
     subprocess.run(
         [*RUN, "--detach", "--read-only", "--name", name, *settings, "--env=BILLING_LOG_FORMAT=text", image, *command],
         check=True,
@@ -54,8 +61,16 @@ def running(image: str, *command: str) -> Iterator[str]:
         subprocess.run([*PODMAN, "rm", "--force", "--time", "10", name], capture_output=True)
 
 
+def stack_credentials(helper: str, principal: str) -> dict[str, Any]:
+    """A principal's credentials on a local stack that has them (deploy/credentials.py: SCRAM users
+    and a PostgreSQL role per service), else nothing."""
+    if importlib.util.find_spec("deploy.credentials") is None:
+        return {}
+    return dict(getattr(importlib.import_module("deploy.credentials"), helper)(principal))
+
+
 async def group_members(group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, **stack_credentials("kafka_options", group))
     await admin.start()
     try:
         [description] = await admin.describe_consumer_groups([group])
