@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from contracts.topics import (
@@ -14,7 +15,7 @@ from contracts.topics import (
 )
 from services.usage_metering.handlers import registry
 from services.usage_metering.settings import Settings
-from services.usage_metering.storage import MeterStore
+from services.usage_metering.storage import MeterStore, RecentCalls
 from shared.runtime.worker import Subscription, WorkerParts, build_worker
 
 SERVICE = "usage-metering"
@@ -38,7 +39,7 @@ def create_worker(settings: Settings | None = None) -> WorkerParts:
         ],
         publishes=[METERING_ALERTS.name, METERING_USAGE.name, USAGE_CALLS.dlq],
         migrations_dir=Path(__file__).parent / "migrations",
-        store=MeterStore,
+        store=partial(MeterStore, recent_calls=RecentCalls(settings.recent_calls)),
         description="Accrues calling credits against each account's monthly cap; alerts and blocks.",
     )
 

@@ -23,3 +23,6 @@ class Settings(ServiceSettings):
     # container objects beyond those it frees; all are freed by reference counting when the batch
     # ends, so a young collection in between only walks them (docs/architecture.md, Decisions).
     gc_young_threshold: int = Field(default=200_000, ge=0)
+    # Call ids this process committed lately, kept to drop repeat reports before the calls' COPY
+    # (storage.RecentCalls); a repeat older than that still meets the calls key. 0: keep none.
+    recent_calls: int = Field(default=100_000, ge=0)

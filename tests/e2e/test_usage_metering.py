@@ -313,3 +313,88 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
         gc.set_threshold(*thresholds)
     assert passes == []
     assert await accrued(dbs, accounts[0]) == Decimal("0.01") + sum(Decimal(c) for c in costs[::10])
+
+
+def _metering(recent_calls: int):
+    """A metering batch processor on the real database, its own record of recent calls."""
+    from functools import partial
+
+    from services.usage_metering import handlers
+    from services.usage_metering.settings import Settings
+    from services.usage_metering.storage import MeterStore, RecentCalls
+    from shared.db import make_sessions
+    from shared.runtime import BatchProcessor
+
+    def build(dbs) -> BatchProcessor:
+        return BatchProcessor(
+            "usage-metering",
+            make_sessions(dbs["usage_metering"]),
+            handlers.registry,
+            store=partial(MeterStore, recent_calls=RecentCalls(recent_calls)),
+            settings=Settings(),
+        )
+
+    return build
+
+
+def _records(account: str, calls: list[m.CallCharged]):
+    from shared.runtime.codec import Record
+
+    return [
+        Record("usage.calls", 0, i, account.encode(), c.model_dump_json().encode(), (), 1) for i, c in enumerate(calls)
+    ]
+
+
+def _reported_again(original: m.CallCharged) -> m.CallCharged:
+    return original.model_copy(update={"message_id": uuid.uuid4()})  # the same call, a new report
+
+
+async def _calls_recorded(dbs, account: str) -> int:
+    return await scalar(dbs["usage_metering"], "select count(*) from calls where account_id = :a", a=account)
+
+
+async def test_a_repeat_older_than_the_record_of_recent_calls_is_still_charged_once(stack: Bus, dbs) -> None:
+    account = await open_account(stack)
+    processor = _metering(recent_calls=2)(dbs)
+    first = [call(account, "1.000001"), call(account, "2.00"), call(account, "3.00")]
+    await processor.process(_records(account, first))
+    assert await accrued(dbs, account) == Decimal("6.000001")
+
+    # first[0] is forgotten (only the last two are kept): its COPY meets the key, the batch falls
+    # back to the deduplicating insert, and the new call beside it is charged.
+    await processor.process(_records(account, [_reported_again(first[0]), call(account, "0.50")]))
+    await processor.process(_records(account, [_reported_again(first[2])]))  # remembered: dropped before the write
+    assert await accrued(dbs, account) == Decimal("6.500001")
+    assert await _calls_recorded(dbs, account) == 4
+
+
+async def test_a_replay_by_a_fresh_worker_leaves_the_accrual_unchanged(stack: Bus, dbs) -> None:
+    account = await open_account(stack)
+    calls = [call(account, f"{i}.25") for i in range(1, 6)]
+    await _metering(recent_calls=1000)(dbs).process(_records(account, calls))
+    before = await accrued(dbs, account), await _calls_recorded(dbs, account)
+    replayed = _metering(recent_calls=1000)(dbs)  # a restarted worker remembers nothing
+    await replayed.process(_records(account, calls))
+    await replayed.process(_records(account, calls))  # now remembered: no COPY at all
+    assert (await accrued(dbs, account), await _calls_recorded(dbs, account)) == before == (Decimal("16.25"), 5)
+
+
+async def test_calls_of_a_batch_that_was_rolled_back_and_retried_are_charged(stack: Bus, dbs, monkeypatch) -> None:
+    """Only committed calls enter the record of recent calls: a batch retried after a conflict
+    would otherwise find its own calls there and charge none of them."""
+    from services.usage_metering.storage import MeterStore
+    from shared.runtime import ConcurrentUpdate
+
+    account = await open_account(stack)
+    original, refused = MeterStore.save_meters_if_unchanged, list[bool]()
+
+    async def refuse_once(self: MeterStore, changed) -> None:
+        if not refused:
+            refused.append(True)
+            raise ConcurrentUpdate("a meter changed meanwhile")
+        await original(self, changed)
+
+    monkeypatch.setattr(MeterStore, "save_meters_if_unchanged", refuse_once)
+    await _metering(recent_calls=1000)(dbs).process(_records(account, [call(account, "4.00"), call(account, "5.00")]))
+    assert refused and await accrued(dbs, account) == Decimal("9.00")
+    assert await _calls_recorded(dbs, account) == 2
