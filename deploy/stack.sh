@@ -3,6 +3,11 @@
 # and one PostgreSQL server, both bound to 127.0.0.1. No Docker needed: Kafka comes from Maven Central
 # (deploy/kafka/pom.xml), PostgreSQL from Debian.
 #
+# Secured: the broker's client listeners take SASL/SCRAM-SHA-512 (or SASL_SSL with KAFKA_TLS=1) and
+# StandardAuthorizer denies whatever contracts/access.py does not grant; PostgreSQL takes passwords
+# (scram-sha-256) and each service's role owns only its own database. Passwords are generated per
+# stack into $STACK_DIR/secrets (deploy/credentials.py says how a process gets its own).
+#
 #   bash deploy/stack.sh up | down | status | reset
 #   bash deploy/stack.sh kafka-start | kafka-stop | pg-start | pg-stop     (fault injection in tests)
 #
@@ -12,6 +17,8 @@
 #   KAFKA_PORT             broker listener                         (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener               (default 9093)
 #   PG_PORT                PostgreSQL port                         (default 55432)
+#   KAFKA_TLS              1: client listeners SASL_SSL, with a CA and certificate made here; 0: SASL_PLAINTEXT
+#                          (default: what the last start used, else 0)
 #   KAFKA_START_TIMEOUT / PG_START_TIMEOUT  seconds to wait for readiness (default 60)
 set -euo pipefail
 export LC_NUMERIC=C   # "up took 1.2 s" arithmetic with EPOCHREALTIME needs a "." decimal point
@@ -36,14 +43,16 @@ KAFKA_PID="$KAFKA_HOME/broker.pid"
 KAFKA_POM="$DEPLOY/kafka/pom.xml"
 KAFKA_POM_STAMP="$KAFKA_LIBS/.pom.sha256"
 KAFKA_LOG4J="$DEPLOY/kafka/log4j2.properties"
+KAFKA_SECURED_MARKER="$KAFKA_DATA/.scram-users"   # storage formatted with the stack's SCRAM super user
+PY="$REPO/.venv/bin/python"
+SECRETS="$STACK_DIR/secrets"
+TLS_DIR="$STACK_DIR/tls"
 
 PG_PORT="${PG_PORT:-55432}"
 PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 PG_DIR_RECORD="$STACK_DIR/postgres.path"
 PG_MARKER_NAME=".license-billing-stack"   # reset only deletes a PG_DIR carrying this marker
-PG_DATABASES=(license_orders usage_metering cycle_close alert_board)
-PG_APP_USER="billing"
-PG_APP_PASSWORD="billing"
+PG_SECURED_MARKER_NAME=".scram-roles"   # cluster made with passwords and per-service roles
 
 # Call in a subshell right before exec'ing a long-lived server: close every fd above stderr (our lock fd,
 # pipes the caller's CI runner/test harness may have passed down). A daemon holding the write end of a
@@ -88,6 +97,55 @@ ensure_postgres_installed() {
     [[ -n "$(pg_bin_dir)" ]] || die "apt-get install postgresql did not provide /usr/lib/postgresql/*/bin/initdb"
 }
 
+# ------------------------------------------------------------------------------------------ credentials
+
+# Every password the stack needs, generated once per stack (deploy/credentials.py; the principals and
+# databases come from contracts/access.py, so the venv must exist).
+ensure_secrets() {
+    [[ -x "$PY" ]] || die "$PY not found: run scripts/bootstrap first (credentials come from contracts/access.py)"
+    (cd "$REPO" && STACK_DIR="$STACK_DIR" "$PY" -m deploy.credentials ensure) || die "could not create $SECRETS"
+}
+
+secret() { cat "$SECRETS/$1"; }
+
+service_databases() { (cd "$REPO" && "$PY" -m deploy.credentials databases); }
+
+# SASL_PLAINTEXT or SASL_SSL: KAFKA_TLS when given, else what the last start used.
+choose_kafka_protocol() {
+    local recorded
+    recorded="$(cat "$SECRETS/kafka.protocol" 2>/dev/null || echo SASL_PLAINTEXT)"
+    case "${KAFKA_TLS:-}" in
+        1 | yes | true) KAFKA_PROTOCOL=SASL_SSL ;;
+        0 | no | false) KAFKA_PROTOCOL=SASL_PLAINTEXT ;;
+        "") KAFKA_PROTOCOL="$recorded" ;;
+        *) die "KAFKA_TLS must be 1 or 0 (got '$KAFKA_TLS')" ;;
+    esac
+    printf '%s\n' "$KAFKA_PROTOCOL" >"$SECRETS/kafka.protocol"
+}
+
+# The stack's own CA and a server certificate for 127.0.0.1 (clients check the IP in the SAN), as PEM
+# files the broker reads directly.
+ensure_tls() {
+    [[ -f "$TLS_DIR/server.pem" && -f "$TLS_DIR/ca.pem" ]] && return 0
+    command -v openssl >/dev/null 2>&1 || die "openssl not found: apt-get install -y openssl"
+    log "making a CA and a certificate for 127.0.0.1 in $TLS_DIR"
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    chmod 700 "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+            -subj "/CN=license-billing local stack CA" -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.crt -days 825 \
+            -extfile server.ext
+        cat server.key server.crt >server.pem
+        chmod 600 ./*.key server.pem
+    ) >"$STACK_DIR/tls.log" 2>&1 || { cat "$STACK_DIR/tls.log" >&2; die "openssl could not make the certificates"; }
+}
+
 # ----------------------------------------------------------------------------------------------- Kafka
 
 pom_sha() { sha256sum "$KAFKA_POM" | cut -d' ' -f1; }
@@ -122,6 +180,17 @@ kafka_version() {
 
 write_kafka_config() {
     mkdir -p "$KAFKA_DATA"
+    local stack_pw controller_pw tls=""
+    stack_pw="$(secret kafka-stack)"
+    controller_pw="$(secret kafka-controller)"
+    if [[ "$KAFKA_PROTOCOL" == SASL_SSL ]]; then
+        tls="ssl.keystore.type=PEM
+ssl.keystore.location=${TLS_DIR}/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=${TLS_DIR}/ca.pem
+ssl.endpoint.identification.algorithm=https"
+    fi
+    (umask 077 && : >"$KAFKA_CONFIG")   # it holds the broker's passwords
     cat >"$KAFKA_CONFIG" <<EOF
 # Generated by deploy/stack.sh on every broker start; edit the script, not this file.
 # Single node KRaft, combined mode: this process is both the broker and the only controller.
@@ -129,10 +198,27 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:${KAFKA_CONTROLLER_PORT}
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:${KAFKA_PORT},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORT},PROXIED://127.0.0.1:${KAFKA_PROXIED_PORT}
-advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_PORT},PROXIED://127.0.0.1:${KAFKA_PROXY_PORT}
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
+listeners=CLIENT://127.0.0.1:${KAFKA_PORT},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORT},PROXIED://127.0.0.1:${KAFKA_PROXIED_PORT}
+advertised.listeners=CLIENT://127.0.0.1:${KAFKA_PORT},PROXIED://127.0.0.1:${KAFKA_PROXY_PORT}
+inter.broker.listener.name=CLIENT
+listener.security.protocol.map=CLIENT:${KAFKA_PROTOCOL},PROXIED:${KAFKA_PROTOCOL},CONTROLLER:SASL_PLAINTEXT
+
+# Clients (both listeners) log in with SCRAM-SHA-512 as a principal of contracts/access.py. SCRAM
+# cannot run between KRaft controllers, so the controller listener takes PLAIN with its own user.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.client.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="stack" password="${stack_pw}";
+listener.name.proxied.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="controller" password="${controller_pw}" user_controller="${controller_pw}";
+${tls}
+
+# Nothing is allowed that no ACL grants (the ACLs come from contracts/access.py, deploy/provision.py);
+# the broker's own principals are super users.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:stack;User:controller
 
 log.dirs=${KAFKA_DATA}
 num.partitions=6
@@ -166,6 +252,12 @@ EOF
 # saves a JVM start (kafka-storage random-uuid). Static voters (controller.quorum.voters) means no
 # --standalone / --initial-controllers flag.
 format_kafka_storage() {
+    if [[ -f "$KAFKA_DATA/meta.properties" && ! -f "$KAFKA_SECURED_MARKER" ]]; then
+        # Storage from an older stack.sh: it has no SCRAM users, so no client could log in.
+        log "Kafka storage in $KAFKA_DATA was formatted without SCRAM users (an older deploy/stack.sh): reformatting it (its topics and records are deleted)"
+        rm -rf "$KAFKA_DATA"
+        write_kafka_config
+    fi
     [[ -f "$KAFKA_DATA/meta.properties" ]] && return 0
     local cluster_id="-"
     # a leading '-' would be parsed as an option by the tool's argument parser
@@ -175,8 +267,16 @@ format_kafka_storage() {
     log "formatting Kafka storage (cluster id $cluster_id)"
     java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" \
         kafka.tools.StorageTool format --config "$KAFKA_CONFIG" --cluster-id "$cluster_id" --ignore-formatted \
+        --add-scram "SCRAM-SHA-512=[name=stack,password=$(secret kafka-stack)]" \
         >"$KAFKA_HOME/format.log" 2>&1 \
         || { cat "$KAFKA_HOME/format.log" >&2; die "kafka storage format failed"; }
+    touch "$KAFKA_SECURED_MARKER"
+}
+
+# SCRAM users and ACLs of every principal, from contracts/access.py (as the stack's super user).
+kafka_grant_access() {
+    (cd "$REPO" && STACK_DIR="$STACK_DIR" BILLING_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" \
+        "$PY" -m deploy.provision --access-only) || die "could not create the Kafka users and ACLs"
 }
 
 # Pid of our broker, or empty. Checks the command line so a recycled pid is never mistaken for it; falls
@@ -191,7 +291,7 @@ kafka_pid() {
     pgrep -f "kafka\.Kafka $KAFKA_CONFIG\$" | head -n1 || true
 }
 
-kafka_config_port() { sed -nE 's#^listeners=PLAINTEXT://[^:]+:([0-9]+).*#\1#p' "$KAFKA_CONFIG" 2>/dev/null || true; }
+kafka_config_port() { sed -nE 's#^listeners=CLIENT://[^:]+:([0-9]+).*#\1#p' "$KAFKA_CONFIG" 2>/dev/null || true; }
 
 # kill -0 also succeeds for a zombie. The broker is re-parented to pid 1 once the starting script exits, and
 # a container's pid 1 may be slow (or fail) to reap it, so a zombie counts as dead.
@@ -234,6 +334,9 @@ kafka_start() {
     port_open "$KAFKA_CONTROLLER_PORT" \
         && die "port $KAFKA_CONTROLLER_PORT is already in use by another process (set KAFKA_CONTROLLER_PORT)"
     ensure_kafka_jars
+    ensure_secrets
+    choose_kafka_protocol
+    [[ "$KAFKA_PROTOCOL" == SASL_SSL ]] && ensure_tls
     write_kafka_config
     format_kafka_storage
     [[ -f "$KAFKA_LOG" ]] && mv -f "$KAFKA_LOG" "$KAFKA_LOG.1"   # readiness check greps this run's log only
@@ -252,7 +355,8 @@ kafka_start() {
     pid=$!
     echo "$pid" >"$KAFKA_PID"
     wait_for_kafka "$pid"
-    log "kafka ready (pid $pid)"
+    kafka_grant_access
+    log "kafka ready (pid $pid, $KAFKA_PROTOCOL)"
 }
 
 kafka_stop() {
@@ -369,12 +473,27 @@ pg_initdb() {
     mkdir -p "$PG_ROOT"
     printf '%s\n' "$REPO" >"$PG_ROOT/$PG_MARKER_NAME"
     rm -rf "$PG_DATA"   # a half-finished earlier initdb (no PG_VERSION) would make initdb refuse
+    # The superuser's password, for initdb only (the postgres OS user cannot read $SECRETS).
+    (umask 077 && secret pg-postgres >"$PG_ROOT/.pwfile")
     [[ $EUID -eq 0 ]] && chown -R postgres:postgres "$PG_ROOT"
     chmod 700 "$PG_ROOT"
-    # trust auth: loopback-only dev server; the billing role still gets a password for DSNs.
-    as_pg "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$PG_ROOT/initdb.log" 2>&1 \
-        || { cat "$PG_ROOT/initdb.log" >&2; die "initdb failed"; }
+    as_pg "$bin/initdb" -D "$PG_DATA" -U postgres -A scram-sha-256 --pwfile="$PG_ROOT/.pwfile" -E UTF8 \
+        --locale=C.UTF-8 --no-sync >"$PG_ROOT/initdb.log" 2>&1 \
+        || { rm -f "$PG_ROOT/.pwfile"; cat "$PG_ROOT/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$PG_ROOT/.pwfile"
     echo "include_if_exists = 'stack.conf'" >>"$PG_DATA/postgresql.conf"
+    touch "$PG_ROOT/$PG_SECURED_MARKER_NAME"
+}
+
+# A cluster from an older stack.sh (trust authentication, one shared role) is deleted and made anew.
+pg_replace_unsecured() {
+    [[ -f "$PG_DATA/PG_VERSION" && ! -f "$PG_ROOT/$PG_SECURED_MARKER_NAME" ]] || return 0
+    [[ -f "$PG_ROOT/$PG_MARKER_NAME" ]] || die "$PG_ROOT has no $PG_MARKER_NAME marker (not created by stack.sh); set PG_DIR"
+    log "PostgreSQL cluster in $PG_DATA trusts every local connection (an older deploy/stack.sh): deleting it and making a new one with passwords"
+    if pg_running; then
+        as_pg "$(pg_bin_dir)/pg_ctl" -D "$PG_DATA" stop -m fast -w -t 60 >/dev/null || true
+    fi
+    rm -rf "$PG_ROOT"
 }
 
 # Our settings live in their own file (included from postgresql.conf) and are rewritten before every
@@ -393,7 +512,19 @@ max_wal_size = 4GB
 checkpoint_timeout = 15min
 wal_compression = lz4
 EOF
-    [[ $EUID -eq 0 ]] && chown postgres:postgres "$PG_DATA/stack.conf"
+    # Passwords for everyone: the superuser for the stack's own set-up, each service's role for its
+    # own database only (TCP and the Unix socket alike). Nothing is trusted.
+    {
+        echo "# Generated by deploy/stack.sh before every start."
+        echo "local   all   postgres                 scram-sha-256"
+        echo "host    all   postgres   127.0.0.1/32  scram-sha-256"
+        local db
+        for db in $(service_databases); do
+            echo "local   $db   $db                 scram-sha-256"
+            echo "host    $db   $db   127.0.0.1/32  scram-sha-256"
+        done
+    } >"$PG_DATA/pg_hba.conf"
+    [[ $EUID -eq 0 ]] && chown postgres:postgres "$PG_DATA/stack.conf" "$PG_DATA/pg_hba.conf"
     return 0
 }
 
@@ -411,28 +542,32 @@ pg_wait_ready() {
 pg_psql() {
     local bin="$1" port="$2"
     shift 2
-    "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+    PGPASSWORD="$(secret pg-postgres)" "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres \
+        -d postgres "$@"
 }
 
-# Idempotent: role billing + the three service databases it owns.
+# Idempotent: per service a login role (no other rights) owning its database, which no one else may
+# connect to; the role's password is the stack's generated one.
 pg_bootstrap_app() {
-    local bin="$1" port="$2" dbs
-    dbs="$(printf "'%s'," "${PG_DATABASES[@]}")"
-    pg_psql "$bin" "$port" >/dev/null <<SQL
+    local bin="$1" port="$2" db
+    {
+        for db in $(service_databases); do
+            cat <<SQL
 DO \$\$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${PG_APP_USER}') THEN
-        CREATE ROLE ${PG_APP_USER} LOGIN CREATEDB PASSWORD '${PG_APP_PASSWORD}';
-    ELSE
-        ALTER ROLE ${PG_APP_USER} LOGIN CREATEDB PASSWORD '${PG_APP_PASSWORD}';
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${db}') THEN
+        CREATE ROLE ${db} LOGIN;
     END IF;
 END
 \$\$;
-SELECT format('CREATE DATABASE %I OWNER ${PG_APP_USER} ENCODING ''UTF8''', name)
-FROM unnest(ARRAY[${dbs%,}]) AS name
-WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = name)
+ALTER ROLE ${db} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '$(secret "pg-$db")';
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', '${db}', '${db}')
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '${db}')
 \gexec
+REVOKE ALL ON DATABASE ${db} FROM PUBLIC;
 SQL
+        done
+    } | pg_psql "$bin" "$port" >/dev/null
 }
 
 pg_start() {
@@ -441,9 +576,13 @@ pg_start() {
     bin="$(pg_bin_dir)"
     pg_init_paths
     mkdir -p "$STACK_DIR"
+    ensure_secrets
+    pg_replace_unsecured
     if pg_running; then
         log "postgres already running (pid $(pg_pid), port $(pg_running_port))"
         pg_wait_ready "$bin" "$(pg_running_port)"
+        pg_write_config
+        pg_psql "$bin" "$(pg_running_port)" -c 'select pg_reload_conf()' >/dev/null
         pg_bootstrap_app "$bin" "$(pg_running_port)"
         printf '%s\n' "$PG_ROOT" >"$PG_DIR_RECORD"
         return 0
@@ -505,8 +644,9 @@ cmd_up() {
     pport="$(pg_running_port)"
     echo
     echo "  Kafka $(kafka_version)   bootstrap 127.0.0.1:${kport}   (pid $(kafka_pid), log $KAFKA_LOG)"
-    echo "  PostgreSQL $(pg_version)   postgresql://${PG_APP_USER}:${PG_APP_PASSWORD}@127.0.0.1:${pport}/{$(IFS=,; echo "${PG_DATABASES[*]}")}"
+    echo "  PostgreSQL $(pg_version)   postgresql://<service>@127.0.0.1:${pport}/<service>  ($(service_databases | xargs | tr ' ' ,))"
     echo "                     (pid $(pg_pid), data $PG_DATA)"
+    echo "  credentials        $SECRETS  (python -m deploy.credentials run PRINCIPAL -- COMMAND)"
     echo "  up took $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
 }
 
@@ -536,6 +676,8 @@ cmd_reset() {
         rm -rf "$PG_ROOT"
     fi
     rm -f "$PG_DIR_RECORD"
+    log "deleting the stack's passwords and certificates ($SECRETS, $TLS_DIR)"
+    rm -rf "$SECRETS" "$TLS_DIR"
     log "reset done (Kafka jars kept in $KAFKA_LIBS)"
 }
 
