@@ -1,6 +1,9 @@
 """A small client of the system's topics: send contract messages, read what comes out from 'now' on.
 
-Used by the demo, the benchmarks and the tests (it is not part of any service).
+Used by the demo, the benchmarks and the tests (it is not part of any service). It plays every
+external client at once, each as its own principal (``contracts.access``): a topic is sent as the
+first writer the contract names (``platform.accounts`` as the account service, ...) and read as its
+first reader that is not a service, with the stack's credentials (``deploy.credentials``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from contracts.access import reader_of, writer_of
 from contracts.envelope import Envelope
+from deploy.credentials import kafka_options
 
 BOOTSTRAP = os.environ.get("BILLING_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
@@ -22,34 +27,61 @@ BOOTSTRAP = os.environ.get("BILLING_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 class Bus:
     """A producer for the system's inputs and a reader of its outputs, from 'now' on."""
 
-    def __init__(self, topics: list[str]) -> None:
+    def __init__(self, topics: list[str], principal: str | None = None) -> None:
+        """``principal``: one principal for everything (e.g. for a topic outside the registry)."""
         self.topics = topics
+        self.principal = principal
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.raw: list[tuple[str, bytes]] = []
         self._changed = asyncio.Condition()
+        self._producers: dict[str, AIOKafkaProducer] = {}
+        self._consumers: dict[str, AIOKafkaConsumer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _writer(self, topic: str) -> str:
+        return self.principal or writer_of(topic).name
+
+    def _reader(self, topic: str) -> str:
+        return self.principal or reader_of(topic).name
+
+    async def producer(self, principal: str) -> AIOKafkaProducer:
+        """The producer that sends as ``principal`` (started on first use)."""
+        if principal not in self._producers:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True, **kafka_options(principal)
+            )
+            await producer.start()
+            self._producers[principal] = producer
+        return self._producers[principal]
 
     async def start(self) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
-        await self.consumer.start()
-        partitions = []
+        by_reader: dict[str, list[str]] = {}
         for topic in self.topics:
-            for p in self.consumer.partitions_for_topic(topic) or await self._partitions(topic):
-                partitions.append(TopicPartition(topic, p))
-        self.consumer.assign(partitions)
-        await self.consumer.seek_to_end(*partitions)
-        for tp in partitions:  # resolve positions now, so nothing sent after start() is missed
-            await self.consumer.position(tp)
-        self._task = asyncio.create_task(self._read())
+            by_reader.setdefault(self._reader(topic), []).append(topic)
+        for principal, topics in by_reader.items():
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, **kafka_options(principal)
+            )
+            await consumer.start()
+            self._consumers[principal] = consumer
+            partitions = []
+            for topic in topics:
+                for p in consumer.partitions_for_topic(topic) or await self._partitions(consumer, topic):
+                    partitions.append(TopicPartition(topic, p))
+            consumer.assign(partitions)
+            await consumer.seek_to_end(*partitions)
+            for tp in partitions:  # resolve positions now, so nothing sent after start() is missed
+                await consumer.position(tp)
+        self._tasks = [asyncio.create_task(self._read(c)) for c in self._consumers.values()]
 
-    async def _partitions(self, topic: str) -> set[int]:
-        await self.consumer._client.force_metadata_update()
-        return self.consumer.partitions_for_topic(topic) or set()
+    @staticmethod
+    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+        await consumer._client.force_metadata_update()
+        return consumer.partitions_for_topic(topic) or set()
 
-    async def _read(self) -> None:
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batches = await self.consumer.getmany(timeout_ms=50)
+            batches = await consumer.getmany(timeout_ms=50)
             if not batches:
                 continue
             async with self._changed:
@@ -61,18 +93,25 @@ class Bus:
                 self._changed.notify_all()
 
     async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.stop()
-        await self.producer.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for consumer in self._consumers.values():
+            await consumer.stop()
+        for producer in self._producers.values():
+            await producer.stop()
 
-    async def send(self, topic: str, message: Envelope | bytes, key: str | None = None) -> None:
+    async def send(
+        self, topic: str, message: Envelope | bytes, key: str | None = None, as_principal: str | None = None
+    ) -> None:
+        """Send as the topic's writer (or ``as_principal``)."""
         if isinstance(message, Envelope):
             value = message.model_dump_json().encode()
             key = key or message.account_id
         else:
             value = message
-        await self.producer.send_and_wait(topic, value, key=key.encode() if key else None)
+        producer = await self.producer(as_principal or self._writer(topic))
+        await producer.send_and_wait(topic, value, key=key.encode() if key else None)
 
     def matching(self, topic: str | None = None, **fields: Any) -> list[dict[str, Any]]:
         return [

@@ -43,7 +43,13 @@ def broker_acls(admin: Any) -> set[tuple[Acl, str, str]]:
     every = AclBindingFilter(RT.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY)
     return {
         (
-            Acl(b.principal, _FROM_CONFLUENT.get(b.restype.name, b.restype.name), b.name, b.resource_pattern_type.name, b.operation.name),  # type: ignore[arg-type]
+            Acl(
+                b.principal,
+                _FROM_CONFLUENT.get(b.restype.name, b.restype.name),
+                b.name,
+                b.resource_pattern_type.name,
+                b.operation.name,
+            ),  # type: ignore[arg-type]
             b.permission_type.name,
             b.host,
         )
@@ -51,10 +57,18 @@ def broker_acls(admin: Any) -> set[tuple[Acl, str, str]]:
     }
 
 
-def _binding(acl: Acl, permission: str = "ALLOW", host: str = "*") -> Any:
-    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+def _binding(acl: Acl, permission: str = "ALLOW", host: str = "*", as_filter: bool = False) -> Any:
+    """The confluent-kafka form of an entry (a filter matching exactly it, for deleting)."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
-    return AclBinding(
+    return (AclBindingFilter if as_filter else AclBinding)(
         ResourceType[_TO_CONFLUENT.get(acl.resource_type, acl.resource_type)],
         acl.resource_name,
         ResourcePatternType[acl.pattern],
@@ -85,7 +99,7 @@ def grant_access(bootstrap: str) -> tuple[int, int]:
         for future in admin.create_acls([_binding(*entry) for entry in missing], request_timeout=30).values():
             future.result()
     if extra:
-        for future in admin.delete_acls([_binding(*entry) for entry in extra], request_timeout=30).values():
+        for future in admin.delete_acls([_binding(*entry, as_filter=True) for entry in extra], request_timeout=30).values():
             future.result()
     return len(missing), len(extra)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from contracts.topics import TOPICS
+from deploy.credentials import env_for
 from tests.support import Bus, database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def free_port() -> int:
 
 
 class Workers:
-    """The services as real processes, each its own consumer group member."""
+    """The services as real processes, each its own consumer group member and its own principal."""
 
     def __init__(self) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -61,7 +62,13 @@ class Workers:
             stderr=subprocess.STDOUT,
             # Cycle close takes 2 accounts per transaction here, so every close in the tests
             # goes through the continuations of its trigger.
-            env={**os.environ, "BILLING_LOG_FORMAT": "text", "BILLING_CLOSE_CHUNK_ACCOUNTS": "2", **env},
+            env={
+                **os.environ,
+                **env_for(service.replace("_", "-")),
+                "BILLING_LOG_FORMAT": "text",
+                "BILLING_CLOSE_CHUNK_ACCOUNTS": "2",
+                **env,
+            },
         )
         self.procs[name] = proc
         return proc
@@ -82,10 +89,11 @@ class Workers:
 
 @pytest.fixture(scope="session")
 def topics() -> None:
-    """Create the registry's topics (harmless when they exist) before anything uses them."""
-    from deploy.provision import create_topics
+    """Create the registry's users, ACLs and topics (harmless when they exist) before anything uses them."""
+    from deploy.provision import create_topics, grant_access
     from tests.support import BOOTSTRAP
 
+    grant_access(BOOTSTRAP)
     asyncio.run(create_topics(BOOTSTRAP))
 
 

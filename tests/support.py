@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -13,10 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import Actor
+from deploy import credentials
 from deploy.client import BOOTSTRAP as BOOTSTRAP
 from deploy.client import Bus as Bus
 
-PG = "postgresql+asyncpg://billing:billing@127.0.0.1:{port}/{db}"
 PG_PORT = int(os.environ.get("BILLING_DATABASE_PORT", "55432"))
 
 ADMIN = Actor(id="admin-1", role="office_admin")
@@ -33,8 +34,15 @@ def at(day: date, hour: int = 12) -> datetime:
     return datetime.combine(day, time(hour), UTC)
 
 
+def dsn(database: str, role: str | None = None) -> str:
+    """A libpq URL for a service's database, as that service's own role (or ``role``)."""
+    return credentials.database_dsn(role or database, database, port=PG_PORT)
+
+
 def database(name: str) -> AsyncEngine:
-    return create_async_engine(PG.format(port=PG_PORT, db=name), pool_size=2, pool_pre_ping=True)
+    """An engine on a service's database, logged in as that service (the only role that may)."""
+    url = dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    return create_async_engine(url, pool_size=2, pool_pre_ping=True)
 
 
 async def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:
@@ -87,3 +95,35 @@ async def open_account(bus: Bus, day: date = date(2026, 11, 1), billing_day: int
                 what=f"{service} to open the account",
             )
     return account
+
+
+@contextlib.asynccontextmanager
+async def scratch_topic(partitions: int, **grants: tuple[str, ...]) -> AsyncIterator[str]:
+    """A topic of the test's own, outside the registry, that only the principals in ``grants`` may
+    use (``license_orders=("WRITE",)``; DESCRIBE comes with any grant); deleted with its ACLs after."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from contracts.access import Acl
+    from deploy.provision import _binding, stack_admin
+
+    topic = f"scratch-{uuid.uuid4().hex[:8]}"
+    entries = [
+        Acl(f"User:{principal.replace('_', '-')}", "TOPIC", topic, "LITERAL", op)
+        for principal, ops in grants.items()
+        for op in {*ops, "DESCRIBE"}
+    ]
+    bindings = [_binding(e) for e in entries]
+    kafka = stack_admin(BOOTSTRAP)
+    for future in kafka.create_acls(bindings, request_timeout=30).values():
+        await asyncio.wrap_future(future)
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, **credentials.kafka_options("admin"))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+        yield topic
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+        filters = [_binding(e, as_filter=True) for e in entries]
+        for future in kafka.delete_acls(filters, request_timeout=30).values():
+            await asyncio.wrap_future(future)

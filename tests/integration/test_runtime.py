@@ -13,15 +13,15 @@ from decimal import Decimal
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts import messages as m
+from deploy import credentials
 from shared.db import make_sessions
 from shared.runtime import BatchProcessor, HandlerRegistry, Unit
 from shared.runtime.codec import Record
 from shared.runtime.tables import OUTBOX_CHANNEL
 from tests.e2e.test_license_orders import command, open_account
-from tests.support import ADMIN, BOOTSTRAP, PG_PORT, Bus, message, new_account, scalar, wait_until
+from tests.support import ADMIN, BOOTSTRAP, Bus, dsn, message, new_account, scalar, scratch_topic, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -53,22 +53,17 @@ async def test_an_opened_account_is_recorded_by_all_three_services(stack: Bus, d
 async def test_every_contract_message_round_trips_through_kafka_with_money_exact(stack: Bus) -> None:
     from tests.unit.test_contracts import examples
 
-    topic = f"roundtrip-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 1, 1)])
-    bus = Bus([topic])
-    await bus.start()
-    try:
-        sent = examples()
-        for example in sent:
-            await bus.send(topic, example)
-        await bus.wait_for(lambda: len(bus.raw) >= len(sent), what="every example back")
-        received = [type(example).model_validate_json(raw) for example, (_, raw) in zip(sent, bus.raw, strict=True)]
-    finally:
-        await bus.stop()
-        await admin.delete_topics([topic])
-        await admin.close()
+    async with scratch_topic(1, dashboards=("READ", "WRITE")) as topic:
+        bus = Bus([topic], principal="dashboards")
+        await bus.start()
+        try:
+            sent = examples()
+            for example in sent:
+                await bus.send(topic, example)
+            await bus.wait_for(lambda: len(bus.raw) >= len(sent), what="every example back")
+            received = [type(example).model_validate_json(raw) for example, (_, raw) in zip(sent, bus.raw, strict=True)]
+        finally:
+            await bus.stop()
 
     assert received == sent
     call = next(r for r in received if isinstance(r, m.CallCharged))
@@ -108,7 +103,7 @@ async def test_a_commit_that_writes_outbox_rows_wakes_the_relay_of_any_replica_a
 ) -> None:
     """The relay leader may run in another replica: it listens on the outbox channel, and the
     notification comes with the commit (never with a rollback)."""
-    listener = await asyncpg.connect(f"postgresql://billing:billing@127.0.0.1:{PG_PORT}/license_orders")
+    listener = await asyncpg.connect(dsn("license_orders"))
     heard: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(OUTBOX_CHANNEL, lambda _c, _pid, channel, _p: heard.put_nowait(channel))
     sessions = make_sessions(dbs["license_orders"])
@@ -299,12 +294,14 @@ async def test_a_redelivered_poison_record_gives_one_dead_letter_but_a_recreated
 async def test_the_relay_publishes_a_big_backlog_once_each_in_order_per_key(stack: Bus, dbs) -> None:
     """The relay sends per-partition batches; a record larger than a batch goes alone. Every row
     arrives exactly once and each key's rows arrive in the order they were written."""
+
+    async with scratch_topic(6, license_orders=("WRITE",), dashboards=("READ",)) as topic:
+        await _relay_backlog_in_order(dbs, topic)
+
+
+async def _relay_backlog_in_order(dbs, topic: str) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    topic = f"relay-order-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 6, 1)])
     keys = [f"k{i}" for i in range(40)]
     written = []
     for seq in range(3000):
@@ -324,7 +321,13 @@ async def test_the_relay_publishes_a_big_backlog_once_each_in_order_per_key(stac
                 "p": [w[2] for w in written],
             },
         )
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=BOOTSTRAP,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        **credentials.kafka_options("dashboards"),
+    )
     await consumer.start()
     received: list[tuple[str, int]] = []
     try:
@@ -340,8 +343,6 @@ async def test_the_relay_publishes_a_big_backlog_once_each_in_order_per_key(stac
             received += [(r.key.decode(), -1) for r in records]
     finally:
         await consumer.stop()
-        await admin.delete_topics([topic])
-        await admin.close()
 
     assert sorted(seq for _, seq in received) == list(range(3000))  # each once, none lost
     for key in keys:
