@@ -35,6 +35,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from contracts.topics import PLATFORM_ACCOUNTS
+from deploy.credentials import env_for
 from shared.db import postgres_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +72,20 @@ class Stack:
         }
 
     def dsn(self, database: str) -> str:
-        user = os.environ.get("BILLING_DATABASE_USER", "billing")
-        password = os.environ.get("BILLING_DATABASE_PASSWORD", "billing")
-        return postgres_dsn(user, password, self.pg_host, self.pg_port, database)
+        """As the service that owns ``database`` (its role has the database's name); the harness's own
+        databases (``postgres``, ``bench_raw`` for the floors) as the stack's superuser."""
+        from deploy.credentials import PG_SUPERUSER, pg_password, pg_roles
+
+        role = database if database in pg_roles() else PG_SUPERUSER
+        return postgres_dsn(role, pg_password(role), self.pg_host, self.pg_port, database)
+
+
+def kafka_security() -> dict[str, Any]:
+    """The harness plays every outside party and reads the floors: it connects as the stack's own
+    principal (deploy/credentials.py); the workers connect as their services."""
+    from deploy.credentials import STACK_PRINCIPAL, kafka_options
+
+    return kafka_options(STACK_PRINCIPAL)
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +126,7 @@ def stack_from(args: argparse.Namespace) -> Stack:
     stack = Stack(args.bootstrap, pg_host, args.pg_port, args.stack_dir, args.log_dir)
     # deploy.provision and deploy.client read the bootstrap from the environment.
     os.environ["BILLING_KAFKA_BOOTSTRAP_SERVERS"] = stack.bootstrap
+    os.environ["STACK_DIR"] = str(args.stack_dir)  # where deploy.credentials finds the stack's passwords
     return stack
 
 
@@ -239,7 +252,7 @@ class Workers:
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.stack.worker_env(), **env},
+                env={**os.environ, **self.stack.worker_env(), **env_for(service.replace("_", "-")), **env},
             )
         worker = Worker(name, service, proc, log, now())
         self.running[name] = worker
@@ -430,8 +443,9 @@ def format_cpu(result: dict[str, tuple[float, float]]) -> str:
 
 
 async def provision(stack: Stack) -> None:
-    from deploy.provision import create_topics
+    from deploy.provision import create_topics, grant_access
 
+    grant_access(stack.bootstrap)
     await create_topics(stack.bootstrap)
 
 
@@ -458,6 +472,7 @@ def producer(stack: Stack, linger_ms: int = 20) -> AIOKafkaProducer:
         linger_ms=linger_ms,
         max_batch_size=512 * 1024,
         request_timeout_ms=60000,
+        **kafka_security(),
     )
 
 
@@ -504,7 +519,7 @@ async def raw_consumer_rate(
     stack: Stack, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int], timeout: float
 ) -> tuple[int, float]:
     """(records, seconds) for a bare consumer reading [starts, ends): getmany + json.loads, nothing else."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False, **kafka_security())
     await consumer.start()
     try:
         consumer.assign(list(ends))
@@ -531,7 +546,7 @@ async def raw_consumer_rate(
 
 
 async def end_offsets(stack: Stack, topics: Sequence[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False, **kafka_security())
     await consumer.start()
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))]
@@ -556,8 +571,10 @@ class Admin:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.client = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap, request_timeout_ms=30000)
-        self.offsets = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+        self.client = AIOKafkaAdminClient(
+            bootstrap_servers=stack.bootstrap, request_timeout_ms=30000, **kafka_security()
+        )
+        self.offsets = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False, **kafka_security())
 
     async def __aenter__(self) -> Admin:
         await self.client.start()
@@ -653,7 +670,9 @@ class BacklogMonitor:
 
 async def set_group_offsets(stack: Stack, group: str, offsets: dict[TopicPartition, int]) -> None:
     """Commit ``offsets`` for ``group`` (which must have no members: stop its workers first)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.bootstrap, group_id=group, enable_auto_commit=False, **kafka_security()
+    )
     await consumer.start()
     try:
         consumer.assign(list(offsets))
@@ -683,7 +702,7 @@ class Reader:
     async def start(self) -> None:
         # A short fetch wait, so the reader itself adds no waiting to the latencies it measures.
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.stack.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+            bootstrap_servers=self.stack.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10, **kafka_security()
         )
         await self.consumer.start()
         partitions = []

@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import TypeAdapter
 
 from contracts.messages import CallCharged
+from deploy.credentials import STACK_PRINCIPAL, kafka_options
 from services.usage_metering.storage import CLAIM_CALLS
 
 TABLE = "floor_calls"
@@ -113,7 +114,11 @@ async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int,
     conn = await asyncpg.connect(dsn)
     write = _copier(conn) if mode == "copy" else _claimer(conn)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=f"floor-{topic}", fetch_min_bytes=256 * 1024
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=f"floor-{topic}",
+        fetch_min_bytes=256 * 1024,
+        **kafka_options(STACK_PRINCIPAL),  # the harness's principal (bench/common.py kafka_security)
     )
     await consumer.start()
     try:

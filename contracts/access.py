@@ -22,6 +22,8 @@ class Principal:
     description: str
     database: str | None = None
     """A service's own PostgreSQL database; its login role has the same name."""
+    claims: tuple[str, ...] = ()
+    """The actor roles its signed commands may claim (``shared.runtime.authentication``)."""
 
     @property
     def group(self) -> str:
@@ -38,11 +40,13 @@ USAGE_METERING = _service("usage-metering", "The usage metering service.")
 CYCLE_CLOSE = _service("cycle-close", "The cycle close service.")
 ALERT_BOARD = _service("alert-board", "The alert board: a view of alerts and closed cycles for operations.")
 ACCOUNT_SERVICE = Principal("account-service", "client", "The platform's account service.")
-ADMIN_UI = Principal("admin-ui", "client", "The office administrators' UI (one of the 'UIs').")
-PROVISIONING = Principal("provisioning", "client", "User provisioning (assigns seats).")
+ADMIN_UI = Principal(
+    "admin-ui", "client", "The office administrators' UI (one of the 'UIs').", claims=("office_admin",)
+)
+PROVISIONING = Principal("provisioning", "client", "User provisioning (assigns seats).", claims=("service",))
 TELEPHONY = Principal("telephony", "client", "The telephony platform.")
-SUPPORT_TOOLS = Principal("support-tools", "client", "Support and sales tools.")
-SCHEDULER = Principal("scheduler", "client", "The cycle-close scheduler.")
+SUPPORT_TOOLS = Principal("support-tools", "client", "Support and sales tools.", claims=("support", "sales"))
+SCHEDULER = Principal("scheduler", "client", "The cycle-close scheduler.", claims=("service", "operator"))
 HARDWARE_STORE = Principal("hardware-store", "client", "The hardware store.")
 DASHBOARDS = Principal("dashboards", "client", "Operations dashboards.")
 PAYMENTS = Principal("payments", "client", "Payments (reads invoices).")
@@ -51,6 +55,7 @@ OPERATOR = Principal(
     "operator",
     "The operators' `billing` CLI: closes cycles, reads dead letters and re-publishes one to its original topic, "
     "tails metering.alerts.",
+    claims=("operator",),
 )
 ADMIN = Principal("admin", "admin", "Creates and describes topics (deploy/provision.py); reads and writes none.")
 
@@ -131,6 +136,12 @@ def reads(principal: Principal) -> list[str]:
 def writer_of(topic: str) -> Principal:
     """Who a client of the system sends ``topic`` as: the first writer the contract names."""
     return ACCESS[topic].writers[0]
+
+
+def sender_of(topic: str, role: str | None) -> Principal:
+    """Who sends a command claiming ``role`` on ``topic``: the first writer that may claim it (else
+    the topic's first writer, whose claim the services then refuse)."""
+    return next((p for p in ACCESS[topic].writers if role in p.claims), writer_of(topic))
 
 
 def reader_of(topic: str) -> Principal:

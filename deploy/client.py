@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from contracts.access import reader_of, writer_of
+from contracts.access import reader_of, sender_of
 from contracts.envelope import Envelope
 from deploy.credentials import kafka_options
 
@@ -39,7 +39,7 @@ class Bus:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _writer(self, topic: str) -> str:
-        return self.principal or writer_of(topic).name
+        return self.principal or sender_of(topic, None).name
 
     def _reader(self, topic: str) -> str:
         return self.principal or reader_of(topic).name
@@ -104,13 +104,16 @@ class Bus:
     async def send(
         self, topic: str, message: Envelope | bytes, key: str | None = None, as_principal: str | None = None
     ) -> None:
-        """Send as the topic's writer (or ``as_principal``)."""
+        """Send as the topic's writer whose commands may claim the message's role (or ``as_principal``)."""
         if isinstance(message, Envelope):
             value = message.model_dump_json().encode()
             key = key or message.account_id
+            actor = getattr(message, "actor", None)
+            principal = as_principal or self.principal or sender_of(topic, actor.role if actor else None).name
         else:
             value = message
-        producer = await self.producer(as_principal or self._writer(topic))
+            principal = as_principal or self._writer(topic)
+        producer = await self.producer(principal)
         await producer.send_and_wait(topic, value, key=key.encode() if key else None)
 
     def matching(self, topic: str | None = None, **fields: Any) -> list[dict[str, Any]]:

@@ -40,7 +40,15 @@ def broker_acls(admin: Any) -> set[tuple[Acl, str, str]]:
     from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType
     from confluent_kafka.admin import ResourceType as RT
 
-    every = AclBindingFilter(RT.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY)
+    every = AclBindingFilter(
+        RT.ANY,
+        None,  # type: ignore[arg-type]  # None matches any name, principal, host
+        ResourcePatternType.ANY,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
     return {
         (
             Acl(
@@ -49,7 +57,7 @@ def broker_acls(admin: Any) -> set[tuple[Acl, str, str]]:
                 b.name,
                 b.resource_pattern_type.name,
                 b.operation.name,
-            ),  # type: ignore[arg-type]
+            ),
             b.permission_type.name,
             b.host,
         )
@@ -99,7 +107,9 @@ def grant_access(bootstrap: str) -> tuple[int, int]:
         for future in admin.create_acls([_binding(*entry) for entry in missing], request_timeout=30).values():
             future.result()
     if extra:
-        for future in admin.delete_acls([_binding(*entry, as_filter=True) for entry in extra], request_timeout=30).values():
+        for future in admin.delete_acls(
+            [_binding(*entry, as_filter=True) for entry in extra], request_timeout=30
+        ).values():
             future.result()
     return len(missing), len(extra)
 
