@@ -11,7 +11,12 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from contracts.access import ACCESS
 from contracts.topics import TOPICS
+
+
+def _names(principals: Any) -> str:
+    return ", ".join(p.name for p in principals) or "nobody"
 
 
 def document() -> dict[str, Any]:
@@ -21,9 +26,12 @@ def document() -> dict[str, Any]:
     )
     channels: dict[str, Any] = {}
     for topic in TOPICS:
+        access = ACCESS[topic.name]
         channels[topic.name] = {
             "address": topic.name,
-            "description": f"{topic.description} Key: account_id. Partitions: {topic.partitions}.",
+            "description": f"{topic.description} Key: account_id. Partitions: {topic.partitions}. "
+            f"Written by: {_names(access.writers)}. Read by: {_names(access.readers)} "
+            f"(its dead letters, {topic.dlq}: written by {_names(ACCESS[topic.dlq].writers)}, read by operator).",
             "messages": {
                 model.__name__: {"$ref": f"#/components/messages/{model.__name__}"} for model in topic.messages
             },
@@ -37,8 +45,23 @@ def document() -> dict[str, Any]:
             "Commands carry actor {id, role}; events caused by a command carry causation_id. "
             "Unreadable input goes to <topic>.dlq.",
         },
+        "servers": {
+            "local": {
+                "host": "127.0.0.1:9092",
+                "protocol": "kafka",
+                "description": "The local stack (deploy/stack.sh); SASL_SSL with KAFKA_TLS=1.",
+                "security": [{"$ref": "#/components/securitySchemes/scram"}],
+            }
+        },
         "channels": channels,
         "components": {
+            "securitySchemes": {
+                "scram": {
+                    "type": "scramSha512",
+                    "description": "One SCRAM-SHA-512 user per party (contracts/access.py); the broker's ACLs "
+                    "let each write and read only the topics named in its channels' descriptions.",
+                }
+            },
             "schemas": schemas.get("$defs", {}),
             "messages": {
                 model.__name__: {"name": model.__name__, "payload": {"$ref": f"#/components/schemas/{model.__name__}"}}

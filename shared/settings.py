@@ -86,8 +86,18 @@ class ServiceSettings(BaseSettings):
         return self.database_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     @model_validator(mode="after")
-    def _no_placeholder_secrets_in_production(self) -> ServiceSettings:
+    def _authenticated_and_no_placeholder_secrets_in_production(self) -> ServiceSettings:
         if self.environment == "production":
+            if not (
+                self.kafka_security_protocol.startswith("SASL_")
+                and self.kafka_sasl_mechanism
+                and self.kafka_sasl_username
+                and self.kafka_sasl_password
+            ):
+                raise ValueError(
+                    "production needs Kafka authentication: BILLING_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or "
+                    "SASL_PLAINTEXT), BILLING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
+                )
             secrets = [self.database_password]
             if self.kafka_sasl_password is not None:
                 secrets.append(self.kafka_sasl_password)

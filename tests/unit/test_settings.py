@@ -42,3 +42,34 @@ def test_tuning_settings_out_of_range_are_refused_with_the_setting_named() -> No
     ]:
         with pytest.raises(ValidationError, match=field):
             ServiceSettings.model_validate({field: value})
+
+
+PRODUCTION_KAFKA = {
+    "environment": "production",
+    "kafka_security_protocol": "SASL_SSL",
+    "kafka_sasl_mechanism": "SCRAM-SHA-512",
+    "kafka_sasl_username": "license-orders",
+    "kafka_sasl_password": "kafka-s3cret-value",
+    "database_password": "db-s3cret-value",
+}
+
+
+def test_production_refuses_to_start_without_kafka_authentication() -> None:
+    ServiceSettings.model_validate(PRODUCTION_KAFKA)  # authenticated: fine
+    for missing in [
+        {"kafka_security_protocol": "PLAINTEXT"},
+        {"kafka_security_protocol": "SSL"},
+        {"kafka_sasl_mechanism": None},
+        {"kafka_sasl_username": None},
+        {"kafka_sasl_password": None},
+    ]:
+        with pytest.raises(ValidationError, match="production needs Kafka authentication"):
+            ServiceSettings.model_validate({**PRODUCTION_KAFKA, **missing})
+    ServiceSettings.model_validate({**PRODUCTION_KAFKA, "environment": "development", "kafka_sasl_password": None})
+
+
+def test_secrets_never_show_in_the_settings_repr_str_or_dump() -> None:
+    settings = ServiceSettings.model_validate(PRODUCTION_KAFKA)
+    for text in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+        assert "s3cret" not in text
+    assert settings.kafka_options()["sasl_plain_password"] == "kafka-s3cret-value"  # still usable by clients
