@@ -19,7 +19,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tests.support import PG, PG_PORT
+from tests.support import dsn
 
 pytestmark = pytest.mark.stack
 
@@ -29,12 +29,17 @@ SERVICES = ("license_orders", "usage_metering", "cycle_close", "alert_board")
 
 @pytest.fixture
 async def scratch_database() -> AsyncIterator[AsyncEngine]:
-    """A new, empty database, dropped after the test."""
+    """A new, empty database, dropped after the test. Only the stack's superuser may make one (the
+    services' roles may not create databases), so it also runs the migrations here."""
     name = f"schema_test_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(PG.format(port=PG_PORT, db="postgres"), isolation_level="AUTOCOMMIT")
+
+    def url(database: str) -> str:
+        return dsn(database, role="postgres").replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    admin = create_async_engine(url("postgres"), isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(sa.text(f'create database "{name}"'))
-    engine = create_async_engine(PG.format(port=PG_PORT, db=name))
+    engine = create_async_engine(url(name))
     try:
         yield engine
     finally:

@@ -59,8 +59,8 @@ def test_a_service_may_read_what_it_subscribes_to_and_write_what_it_declares(ser
     app = importlib.import_module(f"services.{service}.app")
     worker = app.create_worker()
     principal = BY_PRINCIPAL[app.SERVICE]
-    subscribed = {t.name for s in worker.broker.subscribers for t in s.topics}  # type: ignore[attr-defined]
-    published = {p.topic for p in worker.broker.publishers}  # type: ignore[attr-defined]
+    subscribed = {t.name for s in worker.broker.subscribers for t in s.topics}
+    published = {p.topic for p in worker.broker.publishers}
     assert subscribed <= set(reads(principal))
     assert published <= set(writes(principal))
     assert {f"{t}.dlq" for t in subscribed} <= set(writes(principal))

@@ -44,7 +44,7 @@ def test_tuning_settings_out_of_range_are_refused_with_the_setting_named() -> No
             ServiceSettings.model_validate({field: value})
 
 
-PRODUCTION_KAFKA = {
+PRODUCTION_KAFKA: dict[str, str | None] = {
     "environment": "production",
     "kafka_security_protocol": "SASL_SSL",
     "kafka_sasl_mechanism": "SCRAM-SHA-512",
@@ -56,13 +56,14 @@ PRODUCTION_KAFKA = {
 
 def test_production_refuses_to_start_without_kafka_authentication() -> None:
     ServiceSettings.model_validate(PRODUCTION_KAFKA)  # authenticated: fine
-    for missing in [
+    lacking: list[dict[str, str | None]] = [
         {"kafka_security_protocol": "PLAINTEXT"},
         {"kafka_security_protocol": "SSL"},
         {"kafka_sasl_mechanism": None},
         {"kafka_sasl_username": None},
         {"kafka_sasl_password": None},
-    ]:
+    ]
+    for missing in lacking:
         with pytest.raises(ValidationError, match="production needs Kafka authentication"):
             ServiceSettings.model_validate({**PRODUCTION_KAFKA, **missing})
     ServiceSettings.model_validate({**PRODUCTION_KAFKA, "environment": "development", "kafka_sasl_password": None})
