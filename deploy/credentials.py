@@ -14,7 +14,9 @@ A process gets its principal's settings as ``BILLING_*`` variables:
   ``kafka_options("telephony")`` (keyword arguments for an aiokafka client);
 - from a shell, ``python -m deploy.credentials run license-orders -- python -m services.license_orders``.
 
-A service's variables carry its database role too. A new process plugs in by adding its
+A service's variables carry its database role too; the operator's (the ``billing`` CLI) carry
+every service's role as ``BILLING_<SERVICE>_DATABASE_USER`` / ``_PASSWORD``, which each service's
+settings prefer: the CLI reads each service's database as that service. A new process plugs in by adding its
 principal to ``contracts/access.py``; the stack creates its password and ACLs at the next ``up``
 (``python -m deploy.provision``).
 """
@@ -29,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from contracts.access import BY_PRINCIPAL, PRINCIPALS, SERVICES
+from contracts.access import BY_PRINCIPAL, OPERATOR, PRINCIPALS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_PRINCIPAL = "stack"
@@ -111,6 +113,12 @@ def env_for(principal: str) -> dict[str, str]:
     if database:
         env["BILLING_DATABASE_USER"] = database
         env["BILLING_DATABASE_PASSWORD"] = pg_password(database)
+    if principal == OPERATOR.name:  # the billing CLI reads each service's database as that service
+        for service in SERVICES:
+            if service.database:
+                prefix = f"BILLING_{service.database.upper()}_DATABASE"
+                env[f"{prefix}_USER"] = service.database
+                env[f"{prefix}_PASSWORD"] = pg_password(service.database)
     return env
 
 

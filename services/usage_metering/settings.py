@@ -1,6 +1,6 @@
 """Usage metering' settings: the shared ones plus its own database."""
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -11,6 +11,18 @@ class Settings(ServiceSettings):
 
     database_name: str = "usage_metering"
     metrics_port: int = Field(default=9102, ge=0, le=65535)
+    # BILLING_USAGE_METERING_DATABASE_USER / _PASSWORD win over BILLING_DATABASE_*: the operators' command
+    # reads every service's database, each as that service (deploy/credentials.py, "operator").
+    database_user: str = Field(
+        default="billing",
+        validation_alias=AliasChoices("billing_usage_metering_database_user", "billing_database_user", "database_user"),
+    )
+    database_password: SecretStr = Field(
+        default=SecretStr("billing"),
+        validation_alias=AliasChoices(
+            "billing_usage_metering_database_password", "billing_database_password", "database_password"
+        ),
+    )
     batch_max_records: int = 5000
     # usage.calls: a fetch returns once this much is there (~1,000 calls) or after calls_linger_ms,
     # so at moderate rates a batch holds more than a handful of calls (fewer transactions).

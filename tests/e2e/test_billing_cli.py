@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import date
 from decimal import Decimal
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from contracts import messages as m
+from deploy.credentials import env_for
 from tests import support
 from tests.support import ADMIN, SERVICE, Bus, message, scalar, wait_until
 
@@ -23,10 +25,14 @@ pytestmark = [
 BILLING = str(Path(sys.executable).with_name("billing"))  # the console script the project installs
 
 
+def operator_env() -> dict[str, str]:
+    return {**os.environ, **env_for("operator")}  # as the operators' principal
+
+
 async def billing(*args: str, timeout: float = 120) -> tuple[int, str, str]:
     """Run ``billing ARGS``; its exit code, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
-        BILLING, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        BILLING, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=operator_env()
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
@@ -108,7 +114,7 @@ async def test_alerts_tail_follows_the_alerts_of_one_account_live(stack: Bus) ->
     other = await support.open_account(stack)
     tail = await asyncio.create_subprocess_exec(
         BILLING, "alerts", "tail", "--account", account, "--limit", "2", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=operator_env(),
     )  # fmt: skip
     assert tail.stderr is not None
     assert b"following" in await asyncio.wait_for(tail.stderr.readline(), 120)  # positions taken: nothing is missed
