@@ -113,6 +113,7 @@ def grant_access(bootstrap: str) -> tuple[int, int]:
             future.result()
     return len(missing), len(extra)
 
+
 # Kafka keeps a record 7 days: a reread from the start reaches back no further, which is what lets
 # the inbox forget processed ids after BILLING_INBOX_RETENTION_DAYS (30; docs/architecture.md).
 TOPIC_RETENTION_MS = 7 * 24 * 3600 * 1000

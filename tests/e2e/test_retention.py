@@ -15,10 +15,10 @@ import pytest
 from contracts import messages as m
 from shared.runtime.retention import Retention, add_week, monday, partition_name
 from tests import support
-from tests.support import ADMIN, PG_PORT, SERVICE, Bus, message, scalar
+from tests.support import ADMIN, SERVICE, Bus, message, scalar
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
-DSN = f"postgresql://billing:billing@127.0.0.1:{PG_PORT}/license_orders"
+DSN = support.dsn("license_orders")
 STREAM = 200  # commands, one every 25 ms: about 5 s of stream
 
 
