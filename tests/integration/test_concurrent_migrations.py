@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.db import upgrade_to_head
-from tests.support import PG, PG_PORT
+from tests.support import dsn
 
 pytestmark = pytest.mark.stack
 
@@ -25,10 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 4
 
 
+def _as_superuser(database: str) -> str:
+    """Scratch databases are the stack's own set-up: only its superuser may make them."""
+    return dsn(database, role="postgres").replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
     name = f"startup_test_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(PG.format(port=PG_PORT, db="postgres"), isolation_level="AUTOCOMMIT")
+    admin = create_async_engine(_as_superuser("postgres"), isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(sa.text(f'create database "{name}"'))
     try:
@@ -49,9 +54,7 @@ def head(service: str) -> str:
 
 @pytest.mark.parametrize("service", ["license_orders", "usage_metering", "cycle_close"])
 async def test_replicas_starting_together_migrate_an_empty_database_once(empty_database: str, service: str) -> None:
-    engines: list[AsyncEngine] = [
-        create_async_engine(PG.format(port=PG_PORT, db=empty_database)) for _ in range(REPLICAS)
-    ]
+    engines: list[AsyncEngine] = [create_async_engine(_as_superuser(empty_database)) for _ in range(REPLICAS)]
     try:
         results = await asyncio.wait_for(
             asyncio.gather(
