@@ -254,7 +254,7 @@ def main() -> None:
     from aiokafka.errors import KafkaError
 
     try:
-        app()
+        app(prog_name="billing")  # also when run as python -m billing_cli (the old forms hand over so)
     except (sqlalchemy.exc.DBAPIError, KafkaError, OSError) as exc:
         cause = getattr(exc, "orig", None) or exc
         console.print(f"[bold red]error:[/] {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
