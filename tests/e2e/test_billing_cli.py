@@ -116,14 +116,19 @@ async def test_alerts_tail_follows_the_alerts_of_one_account_live(stack: Bus) ->
         BILLING, "alerts", "tail", "--account", account, "--limit", "2", "--json",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=operator_env(),
     )  # fmt: skip
-    assert tail.stderr is not None
-    assert b"following" in await asyncio.wait_for(tail.stderr.readline(), 120)  # positions taken: nothing is missed
+    try:
+        assert tail.stderr is not None
+        assert b"following" in await asyncio.wait_for(tail.stderr.readline(), 120)  # positions taken: nothing missed
 
-    for who in (other, account):
-        await stack.send(
-            "usage.calls", message(m.CallCharged, who, date(2026, 11, 20), call_id="big", cost=Decimal("210.00"))
-        )
-    out, _ = await asyncio.wait_for(tail.communicate(), 120)
+        for who in (other, account):
+            await stack.send(
+                "usage.calls", message(m.CallCharged, who, date(2026, 11, 20), call_id="big", cost=Decimal("210.00"))
+            )
+        out, _ = await asyncio.wait_for(tail.communicate(), 120)
+    finally:
+        if tail.returncode is None:  # the test failed: leave no tail behind
+            tail.kill()
+            await tail.wait()
 
     alerts = [json.loads(line) for line in out.decode().splitlines()]
     assert tail.returncode == 0
