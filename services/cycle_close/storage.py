@@ -93,78 +93,142 @@ class BillingAccount:
     next_close: Cycle
 
 
+# Every statement of the store, with named parameters, run through the session.
+OPEN_ACCOUNT = (
+    "insert into billing_accounts (account_id, billing_day, next_close_start, next_close_end) "
+    "values (:account_id, :billing_day, :next_close_start, :next_close_end) on conflict do nothing"
+)
+ACCOUNT_EXISTS = "select true from billing_accounts where account_id = :account_id"
+TRIGGER_OF = "select trigger_id from close_chunks where message_id = :message_id"
+RECORD_CHUNK = (
+    "insert into close_chunks (message_id, trigger_id, finished) values (:message_id, :trigger_id, :finished) "
+    "on conflict (message_id) do update set finished = :finished"
+)
+ACCOUNTS_DUE = (
+    "select account_id, billing_day, next_close_start, next_close_end from billing_accounts "
+    "where next_close_end <= :as_of order by account_id limit :limit for update"
+)
+ACCOUNTS_DUE_AMONG = (
+    "select account_id, billing_day, next_close_start, next_close_end from billing_accounts "
+    "where next_close_end <= :as_of and account_id = any(:account_ids) order by account_id limit :limit for update"
+)
+REQUEST_CLOSES = (
+    "insert into cycle_closes (account_id, cycle_start, cycle_end, trigger_id) "
+    "select asked.account_id, asked.cycle_start, asked.cycle_end, cast(:trigger_id as uuid) "
+    "from unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[]), cast(:cycle_ends as date[])) "
+    "as asked(account_id, cycle_start, cycle_end) on conflict do nothing returning account_id, cycle_start"
+)
+ADVANCE_ACCOUNTS = (
+    "update billing_accounts b set next_close_start = advanced.next_close_start, "
+    "next_close_end = advanced.next_close_end "
+    "from unnest(cast(:account_ids as text[]), cast(:next_close_starts as date[]), cast(:next_close_ends as date[])) "
+    "as advanced(account_id, next_close_start, next_close_end) where b.account_id = advanced.account_id"
+)
+# {column}: license_report or usage_report.
+STORE_REPORTS = (
+    "update cycle_closes c set {column} = coalesce(c.{column}, reported.report) "
+    "from unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[]), cast(:reports as bytea[])) "
+    "as reported(account_id, cycle_start, report) "
+    "join billing_accounts b on b.account_id = reported.account_id "
+    "left join invoices i on i.account_id = reported.account_id and i.cycle_start = reported.cycle_start "
+    "where c.account_id = reported.account_id and c.cycle_start = reported.cycle_start "
+    "returning c.account_id, c.cycle_start, c.cycle_end, c.license_report, c.usage_report, i.invoice_id, "
+    "b.billing_day"
+)
+TAKE_DEVICE_ORDERS = (
+    "update device_orders d set invoice_cycle_start = closing.cycle_start "
+    "from unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[]), cast(:cycle_ends as date[])) "
+    "as closing(account_id, cycle_start, cycle_end) "
+    "where d.account_id = closing.account_id and d.invoice_cycle_start is null and d.ordered_on < closing.cycle_end "
+    "returning d.account_id, closing.cycle_start, d.order_id, d.sku, d.description, d.quantity, d.unit_price, "
+    "d.ordered_on"
+)
+# Money as text: asyncpg encodes Decimal slowly.
+SAVE_INVOICES = (
+    "insert into invoices (invoice_id, account_id, cycle_start, cycle_end, issued_on, due_on, total) "
+    "select * from unnest(cast(:invoice_ids as uuid[]), cast(:account_ids as text[]), cast(:cycle_starts as date[]), "
+    "cast(:cycle_ends as date[]), cast(:issued_on as date[]), cast(:due_on as date[]), "
+    "cast(cast(:totals as text[]) as numeric[])) on conflict do nothing returning invoice_id"
+)
+SAVE_INVOICE_LINES = (
+    "insert into invoice_lines (invoice_id, line_no, kind, product, description, quantity, unit_price, amount, "
+    "period_start, period_end, late) "
+    "select * from unnest(cast(:invoice_ids as uuid[]), cast(:line_numbers as int[]), cast(:kinds as text[]), "
+    "cast(:products as text[]), cast(:descriptions as text[]), cast(:quantities as int[]), "
+    "cast(cast(:unit_prices as text[]) as numeric[]), cast(cast(:amounts as text[]) as numeric[]), "
+    "cast(:period_starts as date[]), cast(:period_ends as date[]), cast(:lates as boolean[]))"
+)
+RECORD_DEVICE_ORDER = (
+    "insert into device_orders (account_id, order_id, sku, description, quantity, unit_price, ordered_on) "
+    "values (:account_id, :order_id, :sku, :description, :quantity, :unit_price, :ordered_on) on conflict do nothing"
+)
+
+
 class CloseStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
     async def open_account(self, account_id: str, billing_day: int, first: Cycle) -> None:
         await self.session.execute(
-            sa.text("insert into billing_accounts values (:a, :d, :s, :e) on conflict do nothing"),
-            {"a": account_id, "d": billing_day, "s": first.start, "e": first.end},
+            sa.text(OPEN_ACCOUNT),
+            {
+                "account_id": account_id,
+                "billing_day": billing_day,
+                "next_close_start": first.start,
+                "next_close_end": first.end,
+            },
         )
 
     async def account_exists(self, account_id: str) -> bool:
-        found = await self.session.scalar(
-            sa.text("select true from billing_accounts where account_id = :a"), {"a": account_id}
-        )
-        return bool(found)
+        return bool(await self.session.scalar(sa.text(ACCOUNT_EXISTS), {"account_id": account_id}))
 
     async def trigger_of(self, message_id: uuid.UUID) -> uuid.UUID:
         """The trigger a continuation belongs to; a trigger belongs to itself."""
-        found = await self.session.scalar(
-            sa.text("select trigger_id from close_chunks where message_id = :m"), {"m": message_id}
-        )
+        found = await self.session.scalar(sa.text(TRIGGER_OF), {"message_id": message_id})
         return found if found is not None else message_id
 
     async def record_chunk(self, message_id: uuid.UUID, trigger_id: uuid.UUID, finished: bool) -> None:
         await self.session.execute(
-            sa.text(
-                "insert into close_chunks values (:m, :t, :f) on conflict (message_id) do update set finished = :f"
-            ),
-            {"m": message_id, "t": trigger_id, "f": finished},
+            sa.text(RECORD_CHUNK), {"message_id": message_id, "trigger_id": trigger_id, "finished": finished}
         )
 
     async def accounts_due(self, as_of: date, account_ids: list[str] | None, limit: int) -> list[BillingAccount]:
         """Up to ``limit`` accounts with a cycle ending on or before ``as_of`` not yet asked to
         close, locked (a concurrent trigger waits, then sees them advanced and skips them)."""
-        query = "select account_id, billing_day, next_close_start, next_close_end from billing_accounts where next_close_end <= :d"
-        params: dict[str, Any] = {"d": as_of}
-        if account_ids is not None:
-            query += " and account_id = any(:ids)"
-            params["ids"] = account_ids
-        params["n"] = limit
-        rows = await self.session.execute(sa.text(query + " order by account_id limit :n for update"), params)
-        return [BillingAccount(r[0], r[1], Cycle(r[2], r[3])) for r in rows]
+        statement = ACCOUNTS_DUE if account_ids is None else ACCOUNTS_DUE_AMONG
+        rows = await self.session.execute(
+            sa.text(statement), {"as_of": as_of, "account_ids": account_ids, "limit": limit}
+        )
+        return [
+            BillingAccount(row.account_id, row.billing_day, Cycle(row.next_close_start, row.next_close_end))
+            for row in rows
+        ]
 
     async def request_closes(self, rows: list[tuple[str, Cycle]], trigger_id: uuid.UUID) -> set[tuple[str, date]]:
         """Record close requests; return the (account, cycle start) pairs that were new."""
         if not rows:
             return set()
         result = await self.session.execute(
-            sa.text(
-                "insert into cycle_closes (account_id, cycle_start, cycle_end, trigger_id) "
-                "select a, s, e, cast(:t as uuid) from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[])) "
-                "as r(a, s, e) on conflict do nothing returning account_id, cycle_start"
-            ),
+            sa.text(REQUEST_CLOSES),
             {
-                "a": [a for a, _ in rows],
-                "s": [c.start for _, c in rows],
-                "e": [c.end for _, c in rows],
-                "t": trigger_id,
+                "account_ids": [account for account, _ in rows],
+                "cycle_starts": [cycle.start for _, cycle in rows],
+                "cycle_ends": [cycle.end for _, cycle in rows],
+                "trigger_id": trigger_id,
             },
         )
-        return {(r[0], r[1]) for r in result}
+        return {(row.account_id, row.cycle_start) for row in result}
 
     async def advance_accounts(self, rows: list[tuple[str, Cycle]]) -> None:
         if not rows:
             return
         await self.session.execute(
-            sa.text(
-                "update billing_accounts b set next_close_start = r.s, next_close_end = r.e "
-                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[])) as r(a, s, e) "
-                "where b.account_id = r.a"
-            ),
-            {"a": [a for a, _ in rows], "s": [c.start for _, c in rows], "e": [c.end for _, c in rows]},
+            sa.text(ADVANCE_ACCOUNTS),
+            {
+                "account_ids": [account for account, _ in rows],
+                "next_close_starts": [cycle.start for _, cycle in rows],
+                "next_close_ends": [cycle.end for _, cycle in rows],
+            },
         )
 
     async def store_reports(self, column: str, reports: list[tuple[str, date, bytes]]) -> list[Any]:
@@ -173,18 +237,13 @@ class CloseStore:
         assert column in ("license_report", "usage_report")
         if not reports:
             return []
-        accounts, starts, payloads = (list(c) for c in zip(*reports, strict=True))
         result = await self.session.execute(
-            sa.text(
-                f"update cycle_closes c set {column} = coalesce(c.{column}, r.report) "
-                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:r as bytea[])) as r(account_id, start, report) "
-                "join billing_accounts b on b.account_id = r.account_id "
-                "left join invoices i on i.account_id = r.account_id and i.cycle_start = r.start "
-                "where c.account_id = r.account_id and c.cycle_start = r.start "
-                "returning c.account_id, c.cycle_start, c.cycle_end, "
-                "c.license_report, c.usage_report, i.invoice_id, b.billing_day"
-            ),
-            {"a": accounts, "s": starts, "r": payloads},
+            sa.text(STORE_REPORTS.format(column=column)),
+            {
+                "account_ids": [account for account, _, _ in reports],
+                "cycle_starts": [start for _, start, _ in reports],
+                "reports": [report for _, _, report in reports],
+            },
         )
         return list(result.all())
 
@@ -197,16 +256,16 @@ class CloseStore:
         if not closes:
             return taken
         rows = await self.session.execute(
-            sa.text(
-                "update device_orders d set invoice_cycle_start = r.start "
-                "from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[])) as r(account_id, start, stop) "
-                "where d.account_id = r.account_id and d.invoice_cycle_start is null and d.ordered_on < r.stop "
-                "returning d.account_id, r.start, d.order_id, d.sku, d.description, d.quantity, d.unit_price, d.ordered_on"
-            ),
-            {"a": [a for a, _ in closes], "s": [c.start for _, c in closes], "e": [c.end for _, c in closes]},
+            sa.text(TAKE_DEVICE_ORDERS),
+            {
+                "account_ids": [account for account, _ in closes],
+                "cycle_starts": [cycle.start for _, cycle in closes],
+                "cycle_ends": [cycle.end for _, cycle in closes],
+            },
         )
         for row in rows:
-            taken.setdefault((row[0], row[1]), []).append(DeviceOrder(*row[2:]))
+            order = DeviceOrder(row.order_id, row.sku, row.description, row.quantity, row.unit_price, row.ordered_on)
+            taken.setdefault((row.account_id, row.cycle_start), []).append(order)
         for orders in taken.values():
             orders.sort(key=lambda o: (o.ordered_on, o.order_id))
         return taken
@@ -217,61 +276,49 @@ class CloseStore:
         if not invoices:
             return set()
         inserted = await self.session.execute(
-            sa.text(
-                "insert into invoices select * from unnest(cast(:i as uuid[]), cast(:a as text[]), "
-                "cast(:s as date[]), cast(:e as date[]), cast(:iss as date[]), cast(:due as date[]), "
-                "cast(cast(:t as text[]) as numeric[])) on conflict do nothing returning invoice_id"
-            ),
+            sa.text(SAVE_INVOICES),
             {
-                "i": [v.invoice_id for v in invoices],
-                "a": [v.account_id for v in invoices],
-                "s": [v.cycle_start for v in invoices],
-                "e": [v.cycle_end for v in invoices],
-                "iss": [v.issued_on for v in invoices],
-                "due": [v.due_on for v in invoices],
-                "t": [str(v.total) for v in invoices],  # text: asyncpg encodes Decimal slowly
+                "invoice_ids": [v.invoice_id for v in invoices],
+                "account_ids": [v.account_id for v in invoices],
+                "cycle_starts": [v.cycle_start for v in invoices],
+                "cycle_ends": [v.cycle_end for v in invoices],
+                "issued_on": [v.issued_on for v in invoices],
+                "due_on": [v.due_on for v in invoices],
+                "totals": [str(v.total) for v in invoices],
             },
         )
-        new = {row[0] for row in inserted}
+        new = {row.invoice_id for row in inserted}
         lines = [(v, n, line) for v in invoices if v.invoice_id in new for n, line in enumerate(v.lines, start=1)]
         if lines:
             await self.session.execute(
-                sa.text(
-                    "insert into invoice_lines select * from unnest(cast(:i as uuid[]), cast(:n as int[]), "
-                    "cast(:k as text[]), cast(:p as text[]), cast(:d as text[]), cast(:q as int[]), "
-                    "cast(cast(:u as text[]) as numeric[]), cast(cast(:amt as text[]) as numeric[]), cast(:ps as date[]), cast(:pe as date[]), "
-                    "cast(:late as boolean[]))"
-                ),
+                sa.text(SAVE_INVOICE_LINES),
                 {
-                    "i": [v.invoice_id for v, _, _ in lines],
-                    "n": [n for _, n, _ in lines],
-                    "k": [line.kind for _, _, line in lines],
-                    "p": [line.product for _, _, line in lines],
-                    "d": [line.description for _, _, line in lines],
-                    "q": [line.quantity for _, _, line in lines],
-                    "u": [None if line.unit_price is None else str(line.unit_price) for _, _, line in lines],
-                    "amt": [str(line.amount) for _, _, line in lines],
-                    "ps": [line.period_start for _, _, line in lines],
-                    "pe": [line.period_end for _, _, line in lines],
-                    "late": [line.late for _, _, line in lines],
+                    "invoice_ids": [v.invoice_id for v, _, _ in lines],
+                    "line_numbers": [n for _, n, _ in lines],
+                    "kinds": [line.kind for _, _, line in lines],
+                    "products": [line.product for _, _, line in lines],
+                    "descriptions": [line.description for _, _, line in lines],
+                    "quantities": [line.quantity for _, _, line in lines],
+                    "unit_prices": [None if line.unit_price is None else str(line.unit_price) for _, _, line in lines],
+                    "amounts": [str(line.amount) for _, _, line in lines],
+                    "period_starts": [line.period_start for _, _, line in lines],
+                    "period_ends": [line.period_end for _, _, line in lines],
+                    "lates": [line.late for _, _, line in lines],
                 },
             )
         return new
 
     async def record_device_order(self, account_id: str, order: DeviceOrder) -> bool:
         result: Any = await self.session.execute(
-            sa.text(
-                "insert into device_orders (account_id, order_id, sku, description, quantity, unit_price, ordered_on) "
-                "values (:a, :o, :k, :d, :q, :p, :on) on conflict do nothing"
-            ),
+            sa.text(RECORD_DEVICE_ORDER),
             {
-                "a": account_id,
-                "o": order.order_id,
-                "k": order.sku,
-                "d": order.description,
-                "q": order.quantity,
-                "p": order.unit_price,
-                "on": order.ordered_on,
+                "account_id": account_id,
+                "order_id": order.order_id,
+                "sku": order.sku,
+                "description": order.description,
+                "quantity": order.quantity,
+                "unit_price": order.unit_price,
+                "ordered_on": order.ordered_on,
             },
         )
         return bool(result.rowcount)

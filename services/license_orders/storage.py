@@ -128,21 +128,123 @@ class SealInputs(NamedTuple):
     prices: dict[tuple[str, str], Decimal]
 
 
+# Every statement of the store, with named parameters. A command's statements (the hot path) go
+# on the driver connection (``shared.db.execute``/``fetchrow``); sealing's, set-based, through the
+# session.
+OPEN_ACCOUNT = (
+    "insert into accounts (account_id, billing_day, open_cycle_start, open_cycle_end) "
+    "values (:account_id, :billing_day, :open_cycle_start, :open_cycle_end) on conflict do nothing"
+)
 COMMAND_STATE = """
     select a.billing_day, a.open_cycle_start, a.open_cycle_end,
-           coalesce(b.purchased, 0), coalesce(b.assigned, 0), coalesce(b.scheduled_for_removal, 0),
-           coalesce((select unit_price from account_prices where account_id = a.account_id and product = :p),
-                    (select unit_price from prices where product = :p)),
+           coalesce(b.purchased, 0) as purchased, coalesce(b.assigned, 0) as assigned,
+           coalesce(b.scheduled_for_removal, 0) as scheduled_for_removal,
+           coalesce((select unit_price from account_prices where account_id = a.account_id and product = :product),
+                    (select unit_price from prices where product = :product)) as unit_price,
            (select coalesce(sum(quantity), 0) from removals r where r.account_id = a.account_id
-              and r.product = :p and not r.applied and r.effective_on > :d),
-           exists(select 1 from assignments s where s.account_id = a.account_id and s.product = :p
-                    and s.assignee_id = :who)
+              and r.product = :product and not r.applied and r.effective_on > :day) as restorable,
+           exists(select 1 from assignments s where s.account_id = a.account_id and s.product = :product
+                    and s.assignee_id = :assignee_id) as held
     from accounts a left join lateral (
-        select * from balances where account_id = a.account_id and product = :p for update
+        select * from balances where account_id = a.account_id and product = :product for update
     ) b on true
-    where a.account_id = :a
+    where a.account_id = :account_id
     for share of a
     """
+HELD_AT = (
+    "select coalesce((select purchased from balances where account_id = :account_id and product = :product), 0) "
+    "- (select coalesce(sum(quantity_added), 0) from purchases "
+    "   where account_id = :account_id and product = :product and purchase_day >= :end_day) "
+    "- (select coalesce(sum(quantity), 0) from removals "
+    "   where account_id = :account_id and product = :product and not applied and effective_on <= :end_day) "
+    "as held"
+)
+ADD_ASSIGNMENT = (
+    "insert into assignments (account_id, product, assignee_id) values (:account_id, :product, :assignee_id)"
+)
+REMOVE_ASSIGNMENT = (
+    "delete from assignments where account_id = :account_id and product = :product and assignee_id = :assignee_id"
+)
+# With one more write in front (``with other as (...)``): the balance and that write in one round trip.
+SAVE_BALANCE = (
+    "insert into balances (account_id, product, purchased, assigned, scheduled_for_removal) "
+    "values (:account_id, :product, :purchased, :assigned, :scheduled_for_removal) "
+    "on conflict (account_id, product) do update set purchased = excluded.purchased, "
+    "assigned = excluded.assigned, scheduled_for_removal = excluded.scheduled_for_removal"
+)
+RECORD_PURCHASE = (
+    "insert into purchases (purchase_id, account_id, product, purchase_day, quantity_restored, quantity_added, "
+    "unit_price, command_id) values (:purchase_id, :account_id, :product, :purchase_day, :quantity_restored, "
+    ":quantity_added, :unit_price, :command_id)), "
+    "charges as (insert into proration_charges (purchase_id, account_id, product, quantity, unit_price, amount, "
+    "period_start, period_end, late) select :purchase_id, :account_id, :product, :quantity_added, :unit_price, "
+    "segment.amount, segment.period_start, segment.period_end, segment.late "
+    "from unnest(cast(:amounts as numeric[]), cast(:period_starts as date[]), cast(:period_ends as date[]), "
+    "cast(:lates as boolean[])) as segment(amount, period_start, period_end, late)"
+)
+SCHEDULE_REMOVAL = (
+    "insert into removals (account_id, product, quantity, effective_on) "
+    "values (:account_id, :product, :quantity, :effective_on)"
+)
+RESTORABLE_REMOVALS = (
+    "select id, quantity from removals where account_id = :account_id and product = :product and not applied "
+    "and effective_on > :day order by effective_on desc, id desc for update"
+)
+DELETE_REMOVAL = "delete from removals where id = :removal_id"
+SHRINK_REMOVAL = "update removals set quantity = :quantity where id = :removal_id"
+
+# Sealing, set-based: a batch of accounts at once.
+ACCOUNTS_FOR_SEAL = (
+    "select account_id, billing_day, open_cycle_start, open_cycle_end from accounts "
+    "where account_id = any(:account_ids) order by account_id for update"
+)
+CYCLE_ENDS = "unnest(cast(:account_ids as text[]), cast(:cycle_ends as date[])) as sealing(account_id, cycle_end)"
+REMOVALS_DUE = (
+    "select r.account_id, r.product, sum(r.quantity) as quantity from removals r "
+    f"join {CYCLE_ENDS} on r.account_id = sealing.account_id and not r.applied "
+    "and r.effective_on <= sealing.cycle_end group by 1, 2"
+)
+BOUGHT_ON_OR_AFTER_END = (
+    "select p.account_id, p.product, sum(p.quantity_added) as quantity from purchases p "
+    f"join {CYCLE_ENDS} on p.account_id = sealing.account_id and p.purchase_day >= sealing.cycle_end group by 1, 2"
+)
+BALANCES_FOR_SEAL = (
+    "select account_id, product, purchased, assigned, scheduled_for_removal from balances "
+    "where account_id = any(:account_ids) order by 1, 2 for update"
+)
+PRICES_FOR_SEAL = (
+    "select sealing.account_id, p.product, coalesce(o.unit_price, p.unit_price) as unit_price "
+    "from unnest(cast(:account_ids as text[])) as sealing(account_id) cross join prices p "
+    "left join account_prices o on o.account_id = sealing.account_id and o.product = p.product"
+)
+SAVE_BALANCES = (
+    "update balances b set purchased = changed.purchased, assigned = changed.assigned, "
+    "scheduled_for_removal = changed.scheduled_for_removal "
+    "from unnest(cast(:account_ids as text[]), cast(:products as text[]), cast(:purchased as int[]), "
+    "cast(:assigned as int[]), cast(:scheduled_for_removal as int[])) "
+    "as changed(account_id, product, purchased, assigned, scheduled_for_removal) "
+    "where b.account_id = changed.account_id and b.product = changed.product"
+)
+SEALED_CYCLES = (
+    "unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[]), cast(:cycle_ends as date[])) "
+    "as sealing(account_id, cycle_start, cycle_end)"
+)
+APPLY_REMOVALS_DUE = (
+    f"update removals r set applied = true from {SEALED_CYCLES} "
+    "where r.account_id = sealing.account_id and not r.applied and r.effective_on <= sealing.cycle_end"
+)
+SEAL_PRORATIONS = (
+    f"update proration_charges c set sealed_in = sealing.cycle_start from {SEALED_CYCLES} "
+    "where c.account_id = sealing.account_id and c.sealed_in is null and c.period_start < sealing.cycle_end "
+    "returning c.account_id, c.id, c.purchase_id, c.product, c.quantity, c.unit_price, c.amount, "
+    "c.period_start, c.period_end, c.late"
+)
+MOVE_OPEN_CYCLES = (
+    "update accounts a set open_cycle_start = moved.open_cycle_start, open_cycle_end = moved.open_cycle_end "
+    "from unnest(cast(:account_ids as text[]), cast(:open_cycle_starts as date[]), "
+    "cast(:open_cycle_ends as date[])) as moved(account_id, open_cycle_start, open_cycle_end) "
+    "where a.account_id = moved.account_id"
+)
 
 
 class LicenseStore:
@@ -159,19 +261,15 @@ class LicenseStore:
         return self._driver
 
     async def open_account(self, account_id: str, billing_day: int, first_cycle: Cycle) -> bool:
-        from sqlalchemy.dialects.postgresql import insert
-
-        statement = (
-            insert(accounts)
-            .values(
-                account_id=account_id,
-                billing_day=billing_day,
-                open_cycle_start=first_cycle.start,
-                open_cycle_end=first_cycle.end,
-            )
-            .on_conflict_do_nothing()
+        result: Any = await self.session.execute(
+            sa.text(OPEN_ACCOUNT),
+            {
+                "account_id": account_id,
+                "billing_day": billing_day,
+                "open_cycle_start": first_cycle.start,
+                "open_cycle_end": first_cycle.end,
+            },
         )
-        result: Any = await self.session.execute(statement)
         return bool(result.rowcount)
 
     async def command_state(
@@ -180,44 +278,28 @@ class LicenseStore:
         """The account (shared lock), its balance of ``product`` (exclusive lock), the price, the
         removals still pending on ``day`` and whether ``assignee_id`` holds a license."""
         row = await fetchrow(
-            await self._db(), COMMAND_STATE, {"a": account_id, "p": product, "d": day, "who": assignee_id}
+            await self._db(),
+            COMMAND_STATE,
+            {"account_id": account_id, "product": product, "day": day, "assignee_id": assignee_id},
         )
         if row is None:
             return None
-        account = Account(account_id, row[0], Cycle(row[1], row[2]))
-        return CommandState(account, Balance(row[3], row[4], row[5]), row[6], int(row[7]), bool(row[8]))
+        account = Account(account_id, row["billing_day"], Cycle(row["open_cycle_start"], row["open_cycle_end"]))
+        balance = Balance(row["purchased"], row["assigned"], row["scheduled_for_removal"])
+        return CommandState(account, balance, row["unit_price"], int(row["restorable"]), bool(row["held"]))
 
     async def held_at(self, account_id: str, product: str, end: date) -> int:
         """Licenses bought before ``end`` that are not already leaving by then."""
-        value = await self.session.scalar(
-            sa.text(
-                "select coalesce((select purchased from balances where account_id = :a and product = :p), 0) "
-                "- (select coalesce(sum(quantity_added), 0) from purchases "
-                "   where account_id = :a and product = :p and purchase_day >= :e) "
-                "- (select coalesce(sum(quantity), 0) from removals "
-                "   where account_id = :a and product = :p and not applied and effective_on <= :e)"
-            ),
-            {"a": account_id, "p": product, "e": end},
+        held = await self.session.scalar(
+            sa.text(HELD_AT), {"account_id": account_id, "product": product, "end_day": end}
         )
-        return int(value or 0)
+        return int(held or 0)
 
     async def add_assignment(self, account_id: str, product: str, assignee_id: str, after: Balance) -> None:
-        await self.save_balance_and(
-            account_id,
-            product,
-            after,
-            "insert into assignments (account_id, product, assignee_id) values (:account_id, :product, :who)",
-            who=assignee_id,
-        )
+        await self.save_balance_and(account_id, product, after, ADD_ASSIGNMENT, assignee_id=assignee_id)
 
     async def remove_assignment(self, account_id: str, product: str, assignee_id: str, after: Balance) -> None:
-        await self.save_balance_and(
-            account_id,
-            product,
-            after,
-            "delete from assignments where account_id = :account_id and product = :product and assignee_id = :who",
-            who=assignee_id,
-        )
+        await self.save_balance_and(account_id, product, after, REMOVE_ASSIGNMENT, assignee_id=assignee_id)
 
     async def save_balance_and(
         self, account_id: str, product: str, balance: Balance, statement: str, **params: Any
@@ -225,17 +307,13 @@ class LicenseStore:
         """Upsert the balance and run one more write in the same statement (one round trip)."""
         await execute(
             await self._db(),
-            f"with other as ({statement}) "
-            "insert into balances (account_id, product, purchased, assigned, scheduled_for_removal) "
-            "values (:account_id, :product, :purchased, :assigned, :scheduled) "
-            "on conflict (account_id, product) do update set purchased = excluded.purchased, "
-            "assigned = excluded.assigned, scheduled_for_removal = excluded.scheduled_for_removal",
+            f"with other as ({statement}) {SAVE_BALANCE}",
             {
                 "account_id": account_id,
                 "product": product,
                 "purchased": balance.purchased,
                 "assigned": balance.assigned,
-                "scheduled": balance.scheduled_for_removal,
+                "scheduled_for_removal": balance.scheduled_for_removal,
                 **params,
             },
         )
@@ -250,23 +328,17 @@ class LicenseStore:
             account_id,
             product,
             after,
-            "insert into purchases (purchase_id, account_id, product, purchase_day, quantity_restored, "
-            "quantity_added, unit_price, command_id) values (:pid, :account_id, :product, :day, :restored, :added, "
-            ":price, :cid)), charges as (insert into proration_charges (purchase_id, account_id, product, quantity, "
-            "unit_price, amount, period_start, period_end, late) select :pid, :account_id, :product, :added, :price, "
-            "s.amount, s.period_start, s.period_end, s.late from unnest(cast(:amounts as numeric[]), "
-            "cast(:starts as date[]), cast(:ends as date[]), cast(:lates as boolean[])) "
-            "as s(amount, period_start, period_end, late)",
-            pid=purchase_id,
-            day=day,
-            restored=quote.quantity_restored,
-            added=quote.quantity_added,
-            price=quote.unit_price,
-            cid=command_id,
-            amounts=[seg.amount for seg in segments],
-            starts=[seg.period_start for seg in segments],
-            ends=[seg.period_end for seg in segments],
-            lates=[seg.late for seg in segments],
+            RECORD_PURCHASE,
+            purchase_id=purchase_id,
+            purchase_day=day,
+            quantity_restored=quote.quantity_restored,
+            quantity_added=quote.quantity_added,
+            unit_price=quote.unit_price,
+            command_id=command_id,
+            amounts=[segment.amount for segment in segments],
+            period_starts=[segment.period_start for segment in segments],
+            period_ends=[segment.period_end for segment in segments],
+            lates=[segment.late for segment in segments],
         )
         return purchase_id
 
@@ -274,109 +346,64 @@ class LicenseStore:
         self, account_id: str, product: str, quantity: int, effective_on: date, after: Balance
     ) -> None:
         await self.save_balance_and(
-            account_id,
-            product,
-            after,
-            "insert into removals (account_id, product, quantity, effective_on) "
-            "values (:account_id, :product, :quantity, :effective_on)",
-            quantity=quantity,
-            effective_on=effective_on,
+            account_id, product, after, SCHEDULE_REMOVAL, quantity=quantity, effective_on=effective_on
         )
 
     async def restore(self, account_id: str, product: str, quantity: int, day: date) -> None:
         """Take ``quantity`` licenses back from removals pending on ``day``, the latest-effective first."""
-        rows = (
-            await self.session.execute(
-                sa.select(removals.c.id, removals.c.quantity)
-                .where(
-                    removals.c.account_id == account_id,
-                    removals.c.product == product,
-                    ~removals.c.applied,
-                    removals.c.effective_on > day,
-                )
-                .order_by(removals.c.effective_on.desc(), removals.c.id.desc())
-                .with_for_update()
-            )
-        ).all()
+        pending = await self.session.execute(
+            sa.text(RESTORABLE_REMOVALS), {"account_id": account_id, "product": product, "day": day}
+        )
         left = quantity
-        for removal_id, scheduled in rows:
+        for removal in pending.all():
             if left == 0:
                 break
-            take = min(left, scheduled)
+            take = min(left, removal.quantity)
             left -= take
-            if take == scheduled:
-                await self.session.execute(sa.delete(removals).where(removals.c.id == removal_id))
+            if take == removal.quantity:
+                await self.session.execute(sa.text(DELETE_REMOVAL), {"removal_id": removal.id})
             else:
                 await self.session.execute(
-                    sa.update(removals).where(removals.c.id == removal_id).values(quantity=scheduled - take)
+                    sa.text(SHRINK_REMOVAL), {"removal_id": removal.id, "quantity": removal.quantity - take}
                 )
 
     # ------------------------------------------------------------------ set-based, for sealing many accounts at once
     async def accounts_for_seal(self, account_ids: list[str]) -> dict[str, Account]:
-        rows = await self.session.execute(
-            sa.text(
-                "select account_id, billing_day, open_cycle_start, open_cycle_end from accounts "
-                "where account_id = any(:ids) order by account_id for update"
-            ),
-            {"ids": account_ids},
-        )
-        return {r[0]: Account(r[0], r[1], Cycle(r[2], r[3])) for r in rows}
+        rows = await self.session.execute(sa.text(ACCOUNTS_FOR_SEAL), {"account_ids": account_ids})
+        return {
+            row.account_id: Account(row.account_id, row.billing_day, Cycle(row.open_cycle_start, row.open_cycle_end))
+            for row in rows
+        }
 
     async def seal_inputs(self, ends: list[tuple[str, date]]) -> SealInputs:
         """For each (account, cycle end): removals due by the end, licenses bought on or after it,
         the balances (locked) and the prices, each keyed by (account, product)."""
-        params = {"a": [a for a, _ in ends], "e": [e for _, e in ends]}
-        keys = "unnest(cast(:a as text[]), cast(:e as date[])) as k(a, e)"
-        due = await self.session.execute(
-            sa.text(
-                f"select r.account_id, r.product, sum(r.quantity) from removals r join {keys} "
-                "on r.account_id = k.a and not r.applied and r.effective_on <= k.e group by 1, 2"
-            ),
-            params,
-        )
-        later = await self.session.execute(
-            sa.text(
-                f"select p.account_id, p.product, sum(p.quantity_added) from purchases p join {keys} "
-                "on p.account_id = k.a and p.purchase_day >= k.e group by 1, 2"
-            ),
-            params,
-        )
-        held = await self.session.execute(
-            sa.text(
-                "select account_id, product, purchased, assigned, scheduled_for_removal from balances "
-                "where account_id = any(:a) order by 1, 2 for update"
-            ),
-            params,
-        )
-        priced = await self.session.execute(
-            sa.text(
-                "select k.a, p.product, coalesce(o.unit_price, p.unit_price) from unnest(cast(:a as text[])) as k(a) "
-                "cross join prices p left join account_prices o on o.account_id = k.a and o.product = p.product"
-            ),
-            params,
-        )
+        params = {"account_ids": [account for account, _ in ends], "cycle_ends": [end for _, end in ends]}
+        due = await self.session.execute(sa.text(REMOVALS_DUE), params)
+        later = await self.session.execute(sa.text(BOUGHT_ON_OR_AFTER_END), params)
+        held = await self.session.execute(sa.text(BALANCES_FOR_SEAL), params)
+        priced = await self.session.execute(sa.text(PRICES_FOR_SEAL), params)
         return SealInputs(
-            {(r[0], r[1]): int(r[2]) for r in due},
-            {(r[0], r[1]): int(r[2]) for r in later},
-            {(r[0], r[1]): Balance(r[2], r[3], r[4]) for r in held},
-            {(r[0], r[1]): r[2] for r in priced},
+            {(row.account_id, row.product): int(row.quantity) for row in due},
+            {(row.account_id, row.product): int(row.quantity) for row in later},
+            {
+                (row.account_id, row.product): Balance(row.purchased, row.assigned, row.scheduled_for_removal)
+                for row in held
+            },
+            {(row.account_id, row.product): row.unit_price for row in priced},
         )
 
     async def save_balances(self, changed: dict[tuple[str, str], Balance]) -> None:
         if not changed:
             return
         await self.session.execute(
-            sa.text(
-                "update balances b set purchased = r.p, assigned = r.x, scheduled_for_removal = r.s "
-                "from unnest(cast(:a as text[]), cast(:k as text[]), cast(:p as int[]), cast(:x as int[]), "
-                "cast(:s as int[])) as r(a, k, p, x, s) where b.account_id = r.a and b.product = r.k"
-            ),
+            sa.text(SAVE_BALANCES),
             {
-                "a": [a for a, _ in changed],
-                "k": [k for _, k in changed],
-                "p": [b.purchased for b in changed.values()],
-                "x": [b.assigned for b in changed.values()],
-                "s": [b.scheduled_for_removal for b in changed.values()],
+                "account_ids": [account for account, _ in changed],
+                "products": [product for _, product in changed],
+                "purchased": [balance.purchased for balance in changed.values()],
+                "assigned": [balance.assigned for balance in changed.values()],
+                "scheduled_for_removal": [balance.scheduled_for_removal for balance in changed.values()],
             },
         )
 
@@ -384,38 +411,16 @@ class LicenseStore:
         """Apply the removals due, mark the prorations billed in the sealed cycle and move each
         account's open cycle on; returns the sealed prorations per account."""
         params = {
-            "a": [a for a, _, _ in seals],
-            "s": [c.start for _, c, _ in seals],
-            "e": [c.end for _, c, _ in seals],
-            "ns": [n.start for _, _, n in seals],
-            "ne": [n.end for _, _, n in seals],
+            "account_ids": [account for account, _, _ in seals],
+            "cycle_starts": [cycle.start for _, cycle, _ in seals],
+            "cycle_ends": [cycle.end for _, cycle, _ in seals],
+            "open_cycle_starts": [following.start for _, _, following in seals],
+            "open_cycle_ends": [following.end for _, _, following in seals],
         }
-        keys = "unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[])) as k(a, s, e)"
-        await self.session.execute(
-            sa.text(
-                f"update removals r set applied = true from {keys} "
-                "where r.account_id = k.a and not r.applied and r.effective_on <= k.e"
-            ),
-            params,
-        )
-        rows = await self.session.execute(
-            sa.text(
-                f"update proration_charges c set sealed_in = k.s from {keys} "
-                "where c.account_id = k.a and c.sealed_in is null and c.period_start < k.e "
-                "returning c.account_id, c.id, c.purchase_id, c.product, c.quantity, c.unit_price, c.amount, "
-                "c.period_start, c.period_end, c.late"
-            ),
-            params,
-        )
-        await self.session.execute(
-            sa.text(
-                "update accounts a set open_cycle_start = k.ns, open_cycle_end = k.ne "
-                "from unnest(cast(:a as text[]), cast(:ns as date[]), cast(:ne as date[])) as k(a, ns, ne) "
-                "where a.account_id = k.a"
-            ),
-            params,
-        )
+        await self.session.execute(sa.text(APPLY_REMOVALS_DUE), params)
+        rows = await self.session.execute(sa.text(SEAL_PRORATIONS), params)
+        await self.session.execute(sa.text(MOVE_OPEN_CYCLES), params)
         sealed: dict[str, list[Any]] = {}
-        for row in sorted(rows.all(), key=lambda r: r.id):
+        for row in sorted(rows.all(), key=lambda row: row.id):
             sealed.setdefault(row.account_id, []).append(row)
         return sealed

@@ -182,6 +182,46 @@ def _expect_all(status: str, rows: int) -> None:
         raise ConcurrentUpdate(f"{rows - written} of {rows} meters changed while this batch ran")
 
 
+# The store's other statements, with named parameters, run through the session (cap changes,
+# seals, accounts opening: one account or one seal batch at a time, not the calls path).
+OPEN_ACCOUNT = (
+    "insert into accounts (account_id, billing_day, cap, open_cycle_start, open_cycle_end) "
+    "values (:account_id, :billing_day, :cap, :open_cycle_start, :open_cycle_end) on conflict do nothing"
+)
+SET_CAP = "update accounts set cap = :cap where account_id = :account_id"
+METER_KEYS = "unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[])) as wanted(account_id, cycle_start)"
+LOCKED_METERS = (
+    "select m.account_id, m.cycle_start, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, m.late_unbilled "
+    f"from meters m join {METER_KEYS} on m.account_id = wanted.account_id and m.cycle_start = wanted.cycle_start "
+    "order by 1, 2 for update of m"
+)
+SAVE_METERS = (
+    "insert into meters (account_id, cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, "
+    "late_unbilled) select * from unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[]), "
+    "cast(:cycle_ends as date[]), cast(:caps as numeric[]), cast(:billable as numeric[]), "
+    "cast(:over_cap as numeric[]), cast(:alerted as smallint[]), cast(:blocked as boolean[]), "
+    "cast(:late_unbilled as numeric[])) on conflict (account_id, cycle_start) do update set "
+    "cap = excluded.cap, billable = excluded.billable, over_cap = excluded.over_cap, "
+    "alerted = excluded.alerted, blocked = excluded.blocked, late_unbilled = excluded.late_unbilled, "
+    "version = meters.version + 1"
+)
+LATE_METERS = (
+    "select m.account_id, m.cycle_start, m.cycle_end, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, "
+    f"m.late_unbilled from meters m join {METER_KEYS} on m.account_id = wanted.account_id "
+    "and m.cycle_start < wanted.cycle_start and m.late_unbilled > 0 order by 1, 2 for update of m"
+)
+MOVE_OPEN_CYCLES = (
+    "update accounts a set open_cycle_start = moved.open_cycle_start, open_cycle_end = moved.open_cycle_end "
+    "from unnest(cast(:account_ids as text[]), cast(:open_cycle_starts as date[]), "
+    "cast(:open_cycle_ends as date[])) as moved(account_id, open_cycle_start, open_cycle_end) "
+    "where a.account_id = moved.account_id"
+)
+
+
+def _meter(row: Any) -> Meter:
+    return Meter(row.cap, row.billable, row.over_cap, _from_bits(row.alerted), row.blocked, row.late_unbilled)
+
+
 class MeterStore:
     def __init__(self, session: AsyncSession, recent_calls: RecentCalls | None = None) -> None:
         self.session = session
@@ -202,10 +242,14 @@ class MeterStore:
 
     async def open_account(self, account_id: str, billing_day: int, cap: Decimal, first: Cycle) -> None:
         await self.session.execute(
-            sa.text(
-                "insert into accounts values (:a, :d, :c, :s, :e) on conflict do nothing",
-            ),
-            {"a": account_id, "d": billing_day, "c": cap, "s": first.start, "e": first.end},
+            sa.text(OPEN_ACCOUNT),
+            {
+                "account_id": account_id,
+                "billing_day": billing_day,
+                "cap": cap,
+                "open_cycle_start": first.start,
+                "open_cycle_end": first.end,
+            },
         )
 
     async def accounts(self, account_ids: Iterable[str], lock: bool = False) -> dict[str, Account]:
@@ -215,12 +259,13 @@ class MeterStore:
         guesses 100 ids and hashes the whole table for every batch, however small; with an array
         it looks up each id in the primary key (docs/architecture.md, Decisions)."""
         rows = await (await self._driver()).fetch(ACCOUNTS_BY_ID + (" for update" if lock else ""), list(account_ids))
-        return {r[0]: Account(r[0], r[1], r[2], Cycle(r[3], r[4])) for r in rows}
+        return {
+            account_id: Account(account_id, billing_day, cap, Cycle(open_cycle_start, open_cycle_end))
+            for account_id, billing_day, cap, open_cycle_start, open_cycle_end in rows
+        }
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
-        await self.session.execute(
-            sa.text("update accounts set cap = :c where account_id = :a"), {"a": account_id, "c": cap}
-        )
+        await self.session.execute(sa.text(SET_CAP), {"account_id": account_id, "cap": cap})
 
     async def claim_calls(self, rows: list[tuple[str, str, Decimal, date]]) -> list[int]:
         """Record calls by (account, call id), each pair at most once in ``rows``; return the
@@ -254,8 +299,11 @@ class MeterStore:
     async def versioned_meters(self, keys: Iterable[MeterKey]) -> dict[MeterKey, tuple[Meter, int]]:
         """The meters for these (account, cycle start) pairs with their version, not locked:
         ``save_meters_if_unchanged`` refuses to write over a meter changed since."""
-        rows = await (await self._driver()).fetch(METERS_BY_KEY, _json([(a, str(s)) for a, s in keys]))
-        return {(r[0], r[1]): (Meter(r[2], r[3], r[4], _from_bits(r[5]), r[6], r[7]), r[8]) for r in rows}
+        rows = await (await self._driver()).fetch(METERS_BY_KEY, _json([(a, str(start)) for a, start in keys]))
+        return {
+            (account_id, cycle_start): (Meter(cap, billable, over_cap, _from_bits(alerted), blocked, late), version)
+            for account_id, cycle_start, cap, billable, over_cap, alerted, blocked, late, version in rows
+        }
 
     async def save_meters_if_unchanged(self, changed: dict[tuple[str, Cycle], tuple[Meter, int | None]]) -> None:
         """Write meters read at the given versions (None: there was none); raise ``ConcurrentUpdate``
@@ -264,18 +312,18 @@ class MeterStore:
             return
         rows = [
             (
-                a,
-                str(c.start),
-                str(c.end),
-                str(m.cap),
-                str(m.billable),
-                str(m.over_cap),
-                _to_bits(m.alerted),
-                m.blocked,
-                str(m.late_unbilled),
-                0 if v is None else v + 1,
+                account_id,
+                str(cycle.start),
+                str(cycle.end),
+                str(meter.cap),
+                str(meter.billable),
+                str(meter.over_cap),
+                _to_bits(meter.alerted),
+                meter.blocked,
+                str(meter.late_unbilled),
+                0 if version is None else version + 1,
             )
-            for (a, c), (m, v) in changed.items()
+            for (account_id, cycle), (meter, version) in changed.items()
         ]
         status = await (await self._driver()).execute(SAVE_METERS_IF_UNCHANGED, _json(rows))
         _expect_all(status, len(rows))
@@ -285,62 +333,49 @@ class MeterStore:
         keys = sorted(set(keys))
         if not keys:
             return {}
-        account_ids, starts = (list(c) for c in zip(*keys, strict=True))
         rows = await self.session.execute(
-            sa.text(
-                "select m.account_id, m.cycle_start, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, "
-                "m.late_unbilled from meters m join unnest(cast(:a as text[]), cast(:s as date[])) k(a, s) "
-                "on m.account_id = k.a and m.cycle_start = k.s order by 1, 2 for update of m"
-            ),
-            {"a": account_ids, "s": starts},
+            sa.text(LOCKED_METERS),
+            {"account_ids": [account for account, _ in keys], "cycle_starts": [start for _, start in keys]},
         )
-        return {(r[0], r[1]): Meter(r[2], r[3], r[4], _from_bits(r[5]), r[6], r[7]) for r in rows}
+        return {(row.account_id, row.cycle_start): _meter(row) for row in rows}
 
     async def save_meters(self, changed: dict[tuple[str, Cycle], Meter]) -> None:
         if not changed:
             return
-        rows = [
-            (a, c.start, c.end, m.cap, m.billable, m.over_cap, _to_bits(m.alerted), m.blocked, m.late_unbilled)
-            for (a, c), m in changed.items()
-        ]
-        columns = list(zip(*rows, strict=True))
+        meters = changed.values()
         await self.session.execute(
-            sa.text(
-                "insert into meters (account_id, cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, "
-                "late_unbilled) select * from unnest(cast(:a as text[]), cast(:s as date[]), cast(:e as date[]), "
-                "cast(:cap as numeric[]), cast(:b as numeric[]), cast(:o as numeric[]), cast(:al as smallint[]), "
-                "cast(:bl as boolean[]), cast(:l as numeric[])) on conflict (account_id, cycle_start) do update set "
-                "cap = excluded.cap, billable = excluded.billable, over_cap = excluded.over_cap, "
-                "alerted = excluded.alerted, blocked = excluded.blocked, late_unbilled = excluded.late_unbilled, "
-                "version = meters.version + 1"
-            ),
-            dict(zip(["a", "s", "e", "cap", "b", "o", "al", "bl", "l"], [list(c) for c in columns], strict=True)),
+            sa.text(SAVE_METERS),
+            {
+                "account_ids": [account for account, _ in changed],
+                "cycle_starts": [cycle.start for _, cycle in changed],
+                "cycle_ends": [cycle.end for _, cycle in changed],
+                "caps": [meter.cap for meter in meters],
+                "billable": [meter.billable for meter in meters],
+                "over_cap": [meter.over_cap for meter in meters],
+                "alerted": [_to_bits(meter.alerted) for meter in meters],
+                "blocked": [meter.blocked for meter in meters],
+                "late_unbilled": [meter.late_unbilled for meter in meters],
+            },
         )
 
     # ------------------------------------------------------------------ set-based, for sealing many accounts at once
     async def late_meters_many(self, before: list[tuple[str, date]]) -> dict[str, list[tuple[Cycle, Meter]]]:
         """Per account: sealed cycles (before the given start) with late usage not yet billed, locked."""
         rows = await self.session.execute(
-            sa.text(
-                "select m.account_id, m.cycle_start, m.cycle_end, m.cap, m.billable, m.over_cap, m.alerted, "
-                "m.blocked, m.late_unbilled from meters m join unnest(cast(:a as text[]), cast(:s as date[])) "
-                "as k(a, s) on m.account_id = k.a and m.cycle_start < k.s and m.late_unbilled > 0 "
-                "order by 1, 2 for update of m"
-            ),
-            {"a": [a for a, _ in before], "s": [d for _, d in before]},
+            sa.text(LATE_METERS),
+            {"account_ids": [account for account, _ in before], "cycle_starts": [start for _, start in before]},
         )
         found: dict[str, list[tuple[Cycle, Meter]]] = {}
-        for r in rows:
-            found.setdefault(r[0], []).append(
-                (Cycle(r[1], r[2]), Meter(r[3], r[4], r[5], _from_bits(r[6]), r[7], r[8]))
-            )
+        for row in rows:
+            found.setdefault(row.account_id, []).append((Cycle(row.cycle_start, row.cycle_end), _meter(row)))
         return found
 
     async def move_open_cycles(self, moves: list[tuple[str, Cycle]]) -> None:
         await self.session.execute(
-            sa.text(
-                "update accounts a set open_cycle_start = k.s, open_cycle_end = k.e from unnest(cast(:a as text[]), "
-                "cast(:s as date[]), cast(:e as date[])) as k(a, s, e) where a.account_id = k.a"
-            ),
-            {"a": [a for a, _ in moves], "s": [c.start for _, c in moves], "e": [c.end for _, c in moves]},
+            sa.text(MOVE_OPEN_CYCLES),
+            {
+                "account_ids": [account for account, _ in moves],
+                "open_cycle_starts": [cycle.start for _, cycle in moves],
+                "open_cycle_ends": [cycle.end for _, cycle in moves],
+            },
         )

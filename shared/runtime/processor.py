@@ -270,4 +270,4 @@ async def _claim(unit: Unit, readable: list[tuple[KafkaRecord, Envelope]]) -> se
     rows = await (await unit.db()).fetch(
         CLAIM_INBOX, [e.message_id for _, e in readable], [r.topic for r, _ in readable]
     )
-    return {row[0] for row in rows}
+    return {message_id for (message_id,) in rows}

@@ -185,10 +185,10 @@ class OutboxRelay:
                         repr(error),
                         payload,
                     )
-                await db.execute(DELETE_PUBLISHED, [row[0] for row, _ in failed])
+                await db.execute(DELETE_PUBLISHED, [row["id"] for row, _ in failed])
         self.published += len(rows)
-        set_aside = {row[0] for row, _ in failed}
-        return [row[0] for row in rows if row[0] not in set_aside]
+        set_aside = {row["id"] for row, _ in failed}
+        return [row["id"] for row in rows if row["id"] not in set_aside]
 
     async def _publish(self, rows: list[Any]) -> list[tuple[Any, BaseException]]:
         """Send rows (in order) as per-partition batches; wait for the broker. Returns the rows
