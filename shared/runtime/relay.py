@@ -70,8 +70,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def start(self) -> None:
-        self.producer = make_producer(**self.kafka_options)
-        await self.producer.start()
+        # A broker out of reach at start-up is a failure like any other: the loop retries it.
+        await self._renew_producer()
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
 
     async def stop(self) -> None:
@@ -108,11 +108,13 @@ class OutboxRelay:
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), timeout=5)
+        producer = make_producer(**self.kafka_options)
         try:
-            producer = make_producer(**self.kafka_options)
             await producer.start()
         except Exception as exc:
             log.warning("outbox relay producer did not start", extra={"service": self.service, "error": repr(exc)})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=5)  # its half-open connections
             return  # the next round tries again
         self.producer = producer
 

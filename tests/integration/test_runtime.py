@@ -348,3 +348,18 @@ async def _relay_backlog_in_order(dbs, topic: str) -> None:
     for key in keys:
         mine = [seq for k, seq in received if k == key]
         assert mine == sorted(mine), f"{key} out of order"
+
+
+async def test_a_relay_whose_broker_is_out_of_reach_at_start_up_starts_and_keeps_trying() -> None:
+    """A worker whose broker is away at start-up must not die in its start hook: the relay's loop retries."""
+    from shared.runtime.relay import OutboxRelay
+
+    nowhere = {"bootstrap_servers": "127.0.0.1:1"}
+    relay = OutboxRelay("relay-start-test", "postgresql://nobody:nothing@127.0.0.1:1/none", nowhere)
+    await relay.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert relay.producer is None
+        assert relay._task is not None and not relay._task.done()  # still trying, not crashed
+    finally:
+        await relay.stop()
