@@ -4,6 +4,7 @@ services) and who the operator is (``BILLING_OPERATOR_ID``, else the login name)
 from __future__ import annotations
 
 import getpass
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -20,5 +21,6 @@ def _login() -> str:
 
 class CliSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+    uses_database: ClassVar[bool] = False  # each service's database, with that service's settings
 
     operator_id: str = Field(default_factory=_login)

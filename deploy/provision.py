@@ -87,6 +87,12 @@ def _binding(acl: Acl, permission: str = "ALLOW", host: str = "*", as_filter: bo
     )
 
 
+def wanted_acls() -> set[tuple[Acl, str, str]]:
+    """What the broker must hold, as (entry, permission, host): the registry's ACLs, each an ALLOW
+    from any host (Kubernetes' KafkaUsers, deploy/k8s/generate.py, grant the same)."""
+    return {(acl, "ALLOW", "*") for acl in acls()}
+
+
 def grant_access(bootstrap: str) -> tuple[int, int]:
     """SCRAM users for every principal, then the registry's ACLs; returns (ACLs created, deleted)."""
     from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
@@ -99,7 +105,7 @@ def grant_access(bootstrap: str) -> tuple[int, int]:
     for future in admin.alter_user_scram_credentials(upserts, request_timeout=30).values():
         future.result()
 
-    wanted = {(acl, "ALLOW", "*") for acl in acls()}
+    wanted = wanted_acls()
     present = broker_acls(admin)
     missing = wanted - present
     extra = present - wanted

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,9 @@ class ServiceSettings(BaseSettings):
     """Shared settings; each service subclasses it with its own env prefix and database."""
 
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+    # Whether the process connects with its own BILLING_DATABASE_* settings, which production then
+    # checks; the operators' command reads each service's database with that service's settings.
+    uses_database: ClassVar[bool] = True
 
     environment: Literal["development", "test", "production"] = "development"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -98,7 +101,7 @@ class ServiceSettings(BaseSettings):
                     "production needs Kafka authentication: BILLING_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or "
                     "SASL_PLAINTEXT), BILLING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
                 )
-            secrets = [self.database_password]
+            secrets = [self.database_password] if self.uses_database else []
             if self.kafka_sasl_password is not None:
                 secrets.append(self.kafka_sasl_password)
             for secret in secrets:

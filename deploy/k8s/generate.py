@@ -4,6 +4,10 @@
 runs it). What comes from where:
 
 - the Strimzi ``KafkaTopic`` resources: ``contracts.topics`` (partition counts included);
+- the Strimzi ``KafkaUser`` resources: ``contracts.access``, one per principal, SCRAM-SHA-512 with
+  exactly the ACLs ``contracts.access.acls()`` gives it (what ``deploy/provision.py`` applies to
+  the local stack's broker); the User Operator writes each one's password to a Secret of its name,
+  which the Deployments read;
 - the KEDA ``ScaledObject`` of usage metering: its ceiling is the partition count of ``usage.calls``;
 - every ``BILLING_*`` variable the Deployments set is checked against ``shared.settings``: a setting
   renamed there fails the generation, and a new secret setting (``SecretStr``) needs a source here.
@@ -23,6 +27,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
+from contracts.access import BY_PRINCIPAL, PRINCIPALS, acls
 from contracts.topics import BY_NAME, DLQ_PARTITIONS, TOPICS
 
 BASE = Path(__file__).resolve().parent / "base"
@@ -109,23 +114,31 @@ COMMON_SETTINGS = {
 
 def worker_settings(worker: Worker) -> dict[str, str]:
     """A worker's own: its Kafka user, its database (each service its own PostgreSQL), its extras."""
-    database = worker.name.replace("-", "_")
     return {
         "BILLING_KAFKA_SASL_USERNAME": worker.name,
         "BILLING_DATABASE_HOST": f"{worker.name}-db-rw",
-        "BILLING_DATABASE_NAME": database,
-        "BILLING_DATABASE_USER": database,
+        "BILLING_DATABASE_NAME": BY_PRINCIPAL[worker.name].database or "",
         **worker.settings,
     }
 
 
+def database_secret(worker: Worker) -> str:
+    """The Secret holding the worker's database role and password: what CloudNativePG writes for a
+    ``Cluster`` named ``<worker>-db`` whose ``bootstrap.initdb`` makes the service's database owned
+    by a role of the same name (keys ``username`` and ``password``; any operator's Secret of that
+    name and shape does)."""
+    return f"{worker.name}-db-app"
+
+
 def secret_sources(worker: Worker) -> dict[str, tuple[str, str]]:
-    """Each secret setting and the (Secret, key) it comes from. The Kafka password is the one the
-    Strimzi User Operator writes for the worker's ``KafkaUser``; the database's is the platform's
-    (e.g. the PostgreSQL operator's) ``<worker>-db-app`` Secret."""
+    """Each setting that comes from a Secret, and the (Secret, key) it comes from. The Kafka
+    password is the one the Strimzi User Operator writes for the worker's ``KafkaUser`` (Secret
+    ``<worker>``, key ``password``); the database role and its password are the worker's own
+    database's (``database_secret``). Each worker reads only its own two Secrets."""
     return {
         "BILLING_KAFKA_SASL_PASSWORD": (worker.name, "password"),
-        "BILLING_DATABASE_PASSWORD": (f"{worker.name}-db-app", "password"),
+        "BILLING_DATABASE_USER": (database_secret(worker), "username"),
+        "BILLING_DATABASE_PASSWORD": (database_secret(worker), "password"),
     }
 
 
@@ -264,6 +277,63 @@ def kafka_topics() -> list[dict[str, Any]]:
     return topics
 
 
+# Kafka's names for what an ACL grants (contracts.access.Acl) and Strimzi's for the same.
+STRIMZI_OPERATIONS = {
+    "READ": "Read",
+    "WRITE": "Write",
+    "DESCRIBE": "Describe",
+    "CREATE": "Create",
+    "DELETE": "Delete",
+    "ALTER": "Alter",
+    "ALTER_CONFIGS": "AlterConfigs",
+    "DESCRIBE_CONFIGS": "DescribeConfigs",
+}
+STRIMZI_RESOURCES = {"TOPIC": "topic", "GROUP": "group", "CLUSTER": "cluster"}
+STRIMZI_PATTERNS = {"LITERAL": "literal", "PREFIXED": "prefix"}
+
+
+def kafka_users() -> list[dict[str, Any]]:
+    """A SCRAM-SHA-512 ``KafkaUser`` per principal of contracts/access.py, allowed exactly what the
+    registry's ACLs give it (a rule per resource, with its operations). Strimzi's User Operator
+    makes the SCRAM user, a Secret of the same name holding its generated ``password``, and the
+    ACLs; the cluster's ``Kafka`` resource needs ``authorization: {type: simple}`` and a
+    ``scram-sha-512`` listener."""
+    by_user: dict[str, dict[tuple[str, str, str], set[str]]] = {}
+    for acl in acls():
+        key = (acl.resource_type, acl.resource_name, acl.pattern)
+        by_user.setdefault(acl.principal.removeprefix("User:"), {}).setdefault(key, set()).add(acl.operation)
+    users = []
+    for principal in PRINCIPALS:
+        rules = []
+        for (kind, name, pattern), operations in sorted(by_user.get(principal.name, {}).items()):
+            resource: dict[str, str] = {"type": STRIMZI_RESOURCES[kind]}
+            if kind != "CLUSTER":  # Strimzi's cluster resource has no name: it is this cluster
+                resource |= {"name": name, "patternType": STRIMZI_PATTERNS[pattern]}
+            rules.append(
+                {
+                    "type": "allow",
+                    "resource": resource,
+                    "operations": sorted(STRIMZI_OPERATIONS[op] for op in operations),
+                    "host": "*",
+                }
+            )
+        users.append(
+            {
+                "apiVersion": "kafka.strimzi.io/v1",
+                "kind": "KafkaUser",
+                "metadata": {
+                    "name": principal.name,
+                    "labels": {"strimzi.io/cluster": KAFKA_CLUSTER, **_labels(principal.name)},
+                },
+                "spec": {
+                    "authentication": {"type": "scram-sha-512"},
+                    "authorization": {"type": "simple", "acls": rules},
+                },
+            }
+        )
+    return users
+
+
 def scaled_object() -> list[dict[str, Any]]:
     worker = BY_WORKER[SCALED_BY_LAG]
     calls = BY_NAME["usage.calls"]
@@ -375,6 +445,7 @@ def files() -> dict[str, str]:
     for worker in WORKERS:
         documents[f"{worker.name}.yaml"] = [deployment(worker), pod_disruption_budget(worker), service(worker)]
     documents["kafka-topics.yaml"] = kafka_topics()
+    documents["kafka-users.yaml"] = kafka_users()
     documents["usage-metering-scaling.yaml"] = scaled_object()
     documents["close-cycles.yaml"] = [close_cycles_cronjob()]
     header = "# Generated by `python -m deploy.k8s.generate` from contracts/ and shared/settings.py: edit those.\n"

@@ -67,4 +67,4 @@ def test_every_kustomize_build_is_valid_against_the_schemas(build: Path) -> None
     kinds = {d["kind"] for d in yaml.safe_load_all(text) if d}
 
     assert list(validate.problems(text, validate.crd_schemas())) == []
-    assert {"Deployment", "PodDisruptionBudget", "KafkaTopic", "ScaledObject", "ConfigMap"} <= kinds
+    assert {"Deployment", "PodDisruptionBudget", "KafkaTopic", "KafkaUser", "ScaledObject", "ConfigMap"} <= kinds

@@ -64,3 +64,22 @@ def test_money_and_dates_go_to_json_as_strings() -> None:
 
     assert jsonable({"a": Decimal("1.50"), "d": date(2026, 12, 1)}) == {"a": "1.50", "d": "2026-12-01"}
     assert jsonable(ProductLicenses("user", 3, 1, 1))["available"] == 1
+
+
+def test_the_schedulers_cron_job_settings_start_the_cli_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    from billing_cli.settings import CliSettings
+    from deploy.k8s import generate
+    from services.cycle_close.settings import Settings
+
+    container = generate.close_cycles_cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    for name, value in generate.COMMON_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    for variable in container["env"]:  # the password from the scheduler's KafkaUser Secret
+        monkeypatch.setenv(variable["name"], variable.get("value", "from-the-secret-Xk2"))
+    monkeypatch.delenv("BILLING_DATABASE_PASSWORD", raising=False)
+
+    settings = CliSettings()  # it has no database of its own: none is asked for
+
+    assert (settings.environment, settings.kafka_sasl_username) == ("production", "scheduler")
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings()  # a service still refuses the placeholder database password
