@@ -1,27 +1,111 @@
-"""The compose file runs every worker of the Kubernetes manifests, each on its own database, and
+"""The compose file runs every worker of the Kubernetes manifests as its own principal, on its own
+database, with passwords only from the env file deploy/.env (made by ``deploy.compose_env``), and
 is valid against the compose specification."""
 
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from deploy.k8s.generate import WORKERS, worker_settings
+from contracts.access import BY_PRINCIPAL, PRINCIPALS, SERVICES
+from deploy import compose_env
+from deploy.k8s.generate import WORKERS
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_TEXT = (DEPLOY / "compose.yaml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+SERVICE_ENTRIES = COMPOSE["services"]
 
 
-def test_every_worker_runs_in_compose_with_its_own_database() -> None:
-    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
-    created = set(re.findall(r"CREATE DATABASE (\w+);", (DEPLOY / "compose" / "postgres-init.sql").read_text()))
+def interpolated(value: str) -> str | None:
+    """The variable a ``${VAR:?...}`` value takes from the env file, else None."""
+    found = re.fullmatch(r"\$\{([A-Z0-9_]+):\?[^}]*\}", value)
+    return found[1] if found else None
 
+
+def test_every_worker_runs_as_its_own_principal_on_its_own_database() -> None:
     for worker in WORKERS:
-        assert services[worker.name]["command"] == ["python", "-m", worker.module]
-    assert created == {worker_settings(w)["BILLING_DATABASE_NAME"] for w in WORKERS}
+        principal = BY_PRINCIPAL[worker.name]
+        entry = SERVICE_ENTRIES[worker.name]
+        env = entry["environment"]
+
+        assert entry["command"] == ["python", "-m", worker.module]
+        assert env["BILLING_KAFKA_SASL_USERNAME"] == principal.name
+        assert interpolated(env["BILLING_KAFKA_SASL_PASSWORD"]) == compose_env.kafka_variable(principal.name)
+        assert env["BILLING_DATABASE_NAME"] == env["BILLING_DATABASE_USER"] == principal.database
+        assert interpolated(env["BILLING_DATABASE_PASSWORD"]) == compose_env.pg_variable(principal.database or "")
+        assert env["BILLING_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_")
+        assert env["BILLING_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        passwords = {v for v in map(interpolated, map(str, env.values())) if v}
+        assert passwords == {
+            compose_env.kafka_variable(principal.name),
+            compose_env.pg_variable(principal.database or ""),
+        }, "a worker gets its own two passwords and no other"
+
+
+def test_postgres_makes_a_role_and_database_for_every_service_and_the_broker_its_super_users() -> None:
+    postgres = SERVICE_ENTRIES["postgres"]["environment"]
+    databases = [p.database for p in SERVICES if p.database]
+
+    assert postgres["BILLING_DATABASES"].split() == databases
+    for database in databases:
+        assert interpolated(postgres[compose_env.pg_variable(database)]) == compose_env.pg_variable(database)
+    kafka = SERVICE_ENTRIES["kafka"]["environment"]
+    assert {interpolated(kafka[k]) for k in ("KAFKA_PASSWORD_STACK", "KAFKA_PASSWORD_CONTROLLER")} == {
+        "KAFKA_PASSWORD_STACK",
+        "KAFKA_PASSWORD_CONTROLLER",
+    }
+    provision = SERVICE_ENTRIES["provision"]
+    assert provision["env_file"] == [".env"] and "deploy.compose_env" in provision["command"]
+
+
+def test_every_variable_the_compose_file_uses_is_one_the_env_file_has() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_TEXT))
+
+    assert used <= set(compose_env.variables())
+    assert {compose_env.kafka_variable(p.name) for p in PRINCIPALS} <= set(compose_env.variables())
+
+
+def test_the_env_file_is_made_private_keeps_its_passwords_and_adds_the_missing(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+
+    assert compose_env.write(path) == (len(compose_env.variables()), 0)
+    first = compose_env.read(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(first) == set(compose_env.variables()) and len(set(first.values())) == len(first)
+
+    kept_out = compose_env.kafka_variable("telephony")
+    path.write_text("".join(f"{k}={v}\n" for k, v in first.items() if k != kept_out) + "MY_OWN=1\n")
+    assert compose_env.write(path) == (1, len(first) - 1)
+    second = compose_env.read(path)
+    assert {k: v for k, v in second.items() if k != kept_out} == {
+        **{k: v for k, v in first.items() if k != kept_out},
+        "MY_OWN": "1",
+    }
+    assert second[kept_out] and second[kept_out] != first[kept_out]
+
+
+def test_the_provision_service_puts_the_passwords_where_credentials_reads_them(tmp_path: Path) -> None:
+    environment = {compose_env.kafka_variable(n): f"pw-{n}" for n in ("stack", *(p.name for p in PRINCIPALS))}
+
+    compose_env.put_kafka_passwords(environment, tmp_path / "secrets")
+
+    for name in ("stack", *(p.name for p in PRINCIPALS)):
+        written = tmp_path / "secrets" / f"kafka-{name}"
+        assert written.read_text() == f"pw-{name}" and stat.S_IMODE(written.stat().st_mode) == 0o600
+
+
+def test_the_env_file_is_kept_out_of_git_and_out_of_the_image() -> None:
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/.env"], cwd=ROOT)
+    assert ignored.returncode == 0
+    dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert dockerignore.index("deploy/.env") > dockerignore.index("!deploy/")  # the later line wins
 
 
 def test_the_compose_file_is_valid_against_the_compose_specification() -> None:
