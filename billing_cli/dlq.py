@@ -1,25 +1,31 @@
 """``billing dlq``: the dead letters every service keeps, listed, shown and re-driven.
 
-A dead letter is named ``<service>-<id>`` (``usage_metering-7``): each service keeps its own
-(``dead_letters`` in its database), and a topic read by several services may have one in each.
+A dead letter is named ``<service>-<id>`` (``usage_metering-7``, ``alert_board-3``): each service
+keeps its own (``dead_letters`` in its database, read through its ``queries.py``), and a topic
+read by several services may have one in each. A service that has not yet started on its
+database has no table yet: it has no dead letters, and the command says so on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import sqlalchemy.exc
 import typer
 from rich.table import Table
 
-from billing_cli.output import console, fail, print_json
+from billing_cli.output import console, errors, fail, print_json
 from shared.runtime.dead_letters import DeadLetter, DeadLetters
 
 app = typer.Typer(help="Dead letters: what no service could process, and re-driving it.", no_args_is_help=True)
 
-SERVICES = ("license_orders", "usage_metering", "cycle_close")
+SERVICES = ("license_orders", "usage_metering", "cycle_close", "alert_board")
+UNDEFINED_TABLE = "42P01"
+T = TypeVar("T")
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 Since = Annotated[
     datetime | None,
@@ -40,9 +46,30 @@ def _queries(service: str) -> Any:
         from services.usage_metering import queries as um
 
         return um.connect()
+    if service == "alert_board":
+        from services.alert_board import queries as ab
+
+        return ab.connect()
     from services.cycle_close import queries as cc
 
     return cc.connect()
+
+
+async def _kept(service: str, work: Awaitable[T], nothing: T) -> T:
+    """What ``work`` on a service's dead letters gives; ``nothing`` when the service has no table
+    for them yet (it never started on this database, so it dead-lettered nothing)."""
+    try:
+        return await work
+    except sqlalchemy.exc.ProgrammingError as exc:
+        if _sqlstate(exc) != UNDEFINED_TABLE:
+            raise
+        errors.print(f"{service}: no dead letters (its database has no dead_letters table: it has not started yet)")
+        return nothing
+
+
+def _sqlstate(exc: sqlalchemy.exc.DBAPIError) -> str | None:
+    original = exc.orig
+    return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
 
 
 def parse_ref(ref: str) -> tuple[str, int]:
@@ -52,12 +79,12 @@ def parse_ref(ref: str) -> tuple[str, int]:
     return service, int(number)
 
 
-async def _each(work: Any, services: tuple[str, ...] = SERVICES) -> list[Any]:
-    opened = [_queries(s) for s in services]
+async def _each(work: Any, nothing: Any, services: tuple[str, ...] = SERVICES) -> list[Any]:
+    opened = {s: _queries(s) for s in services}
     try:
-        return list(await asyncio.gather(*(work(q.dead_letters) for q in opened)))
+        return list(await asyncio.gather(*(_kept(s, work(q.dead_letters), nothing) for s, q in opened.items())))
     finally:
-        await asyncio.gather(*(q.close() for q in opened))
+        await asyncio.gather(*(q.close() for q in opened.values()))
 
 
 def _document(letter: DeadLetter) -> dict[str, Any]:
@@ -95,7 +122,7 @@ def list_(
         return await letters.find(topic, since, limit)
 
     found = sorted(
-        (letter for per_service in asyncio.run(_each(work)) for letter in per_service),
+        (letter for per_service in asyncio.run(_each(work, [])) for letter in per_service),
         key=lambda d: d.failed_at,
         reverse=True,
     )
@@ -129,7 +156,7 @@ def show(
     async def work(letters: DeadLetters) -> tuple[DeadLetter | None, list[Any]]:
         return await letters.get(letter_id), await letters.replays(letter_id)
 
-    [(letter, replays)] = asyncio.run(_each(work, (service,)))
+    [(letter, replays)] = asyncio.run(_each(work, (None, []), (service,)))
     if letter is None:
         fail(f"no dead letter {ref}")
     if raw:
@@ -222,14 +249,14 @@ def replay(
         try:
             if topic is not None:
                 for service, queries in opened.items():
-                    for letter in reversed(
-                        await queries.dead_letters.find(topic, since, 10_000, None if again else False)
-                    ):
-                        wanted.append((service, letter.id))
+                    found = await _kept(
+                        service, queries.dead_letters.find(topic, since, 10_000, None if again else False), []
+                    )
+                    wanted.extend((service, letter.id) for letter in reversed(found))
             for service, letter_id in wanted:
                 letters: DeadLetters = opened[service].dead_letters
                 try:
-                    replayed = await letters.redrive(letter_id, by, publish, fixed, again)
+                    replayed = await _kept(service, letters.redrive(letter_id, by, publish, fixed, again), None)
                 except AlreadyRedriven as exc:
                     refused.append(f"{service}-{letter_id}: {exc}; --again re-drives it once more")
                     continue

@@ -1,5 +1,6 @@
-"""What the alert board tells operators about its own data (its page and JSON API): the accounts
-blocked or near their cap, the latest alerts, one account's history; read from its database only."""
+"""What the alert board tells operators about its own data: for its page and JSON API, the
+accounts blocked or near their cap, the latest alerts, one account's history; for ``billing dlq``,
+its dead letters (``connect()``). Read from its database only, with its own settings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alert_board.domain import NEAR_CAP_PERCENT, Standing
+from services.alert_board.settings import Settings
 from services.alert_board.storage import ALERT_COLUMNS, STANDING_COLUMNS, standing_of
+from shared.db import make_engine
+from shared.runtime.dead_letters import DeadLetters
 
 
 class BoardQueries:
@@ -17,6 +21,7 @@ class BoardQueries:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.dead_letters = DeadLetters("alert_board", engine)
 
     async def _all(self, query: str, **params: Any) -> list[Any]:
         async with self.engine.connect() as connection:
@@ -83,3 +88,11 @@ class BoardQueries:
             n=limit,
         )
         return [r.account_id for r in rows]
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def connect(settings: Settings | None = None) -> BoardQueries:
+    """The board's queries on a small pool of their own (the operators' command)."""
+    return BoardQueries(make_engine((settings or Settings()).database_url, pool_size=2))

@@ -6,7 +6,8 @@ import asyncio
 import json
 import os
 import sys
-from datetime import date
+import uuid
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from contracts import messages as m
 from deploy.credentials import env_for
 from tests import support
+from tests.conftest import Workers, free_port
 from tests.support import ADMIN, SERVICE, Bus, message, scalar, wait_until
 
 pytestmark = [
@@ -188,3 +190,49 @@ async def test_dlq_replay_of_a_poison_message_fixed_by_hand_republishes_it_once_
 async def _second(account: str) -> dict[str, Any] | None:
     found = await dead_letters_of(account)
     return found[0] if len(found) == 2 else None
+
+
+async def test_dlq_covers_the_alert_boards_dead_letters_replayed_once_after_the_fix(
+    stack: Bus, workers: Workers, tmp_path: Path
+) -> None:
+    board = support.database("alert_board")
+    workers.start("alert_board", name="alert_board_for_dlq", BILLING_BOARD_PORT=str(free_port()))
+    try:
+        account = support.new_account()
+        alert = m.CallingCreditThresholdReached(
+            message_id=uuid.uuid4(),
+            account_id=account,
+            occurred_at=datetime(2026, 11, 20, 9, tzinfo=UTC),
+            threshold_percent=80,
+            accrued=Decimal("200.00"),
+            cap=Decimal("250.00"),
+            cycle_start=date(2026, 11, 1),
+        )
+        sent = json.loads(alert.model_dump_json())
+        poison = json.dumps(sent | {"threshold_percent": "eighty"}).encode()  # the producer's bug
+        await stack.send("metering.alerts", poison, key=account)
+
+        async def board_letters() -> list[dict[str, Any]]:
+            listed = await billing_json("dlq", "list", "metering.alerts")
+            return [d for d in listed if d["account_id"] == account]
+
+        [letter] = await wait_until(board_letters, timeout=120, what="the board's dead letter of the poison alert")
+        assert letter["service"] == "alert_board" and letter["ref"].startswith("alert_board-")
+        assert "threshold_percent" in letter["error"] and letter["replays"] == 0
+
+        fixed = tmp_path / "fixed.json"
+        fixed.write_text(json.dumps(sent))  # the operator corrects it by hand
+        code, out, err = await billing("dlq", "replay", letter["ref"], "--payload", str(fixed), "--actor", "ops-bo")
+        assert code == 0 and f"re-drove {letter['ref']}" in out, out + err
+        recorded = "select count(*) from alerts where account_id = :a"
+        await wait_until(lambda: scalar(board, recorded, a=account), what="the board to record the fixed alert")
+
+        code, out, err = await billing("dlq", "replay", letter["ref"])
+        assert code == 1 and "refused" in out and "--again" in out, out + err
+        shown = await billing_json("dlq", "show", letter["ref"])
+        assert [(r["replayed_by"], r["amended"]) for r in shown["replay_log"]] == [("ops-bo", True)]
+        assert await scalar(board, recorded, a=account) == 1  # re-driven once, recorded once
+        assert len(await board_letters()) == 1  # the fix was processed: no new dead letter
+    finally:
+        workers.stop("alert_board_for_dlq")
+        await board.dispose()

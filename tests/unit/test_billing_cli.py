@@ -66,6 +66,25 @@ def test_money_and_dates_go_to_json_as_strings() -> None:
     assert jsonable(ProductLicenses("user", 3, 1, 1))["available"] == 1
 
 
+@pytest.mark.parametrize("service", ["license_orders", "usage_metering", "cycle_close", "alert_board"])
+def test_each_service_the_dlq_command_asks_is_read_with_that_services_own_role(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from billing_cli.dlq import SERVICES
+
+    monkeypatch.setenv("BILLING_DATABASE_USER", "operator")
+    monkeypatch.setenv("BILLING_DATABASE_PASSWORD", "not-this-one")
+    monkeypatch.setenv(f"BILLING_{service.upper()}_DATABASE_USER", service)
+    monkeypatch.setenv(f"BILLING_{service.upper()}_DATABASE_PASSWORD", f"{service}-password")
+    settings = importlib.import_module(f"services.{service}.settings").Settings()
+
+    assert service in SERVICES
+    assert (settings.database_user, settings.database_name) == (service, service)
+    assert settings.database_password.get_secret_value() == f"{service}-password"
+
+
 def test_the_schedulers_cron_job_settings_start_the_cli_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
     from billing_cli.settings import CliSettings
     from deploy.k8s import generate
