@@ -1,8 +1,8 @@
 """The floor of usage metering's pipeline on this machine (run by ``bench_usage_metering``, part (a)).
 
 A bare process reads its share of the ``usage.calls`` partitions (``getmany``, ``json.loads``),
-records each batch's calls with the service's own deduplicating insert (the statement of
-``MeterStore.claim_calls``, into a table of the same shape in the ``bench_raw`` database), commits
+records each batch's calls with the service's deduplicating insert (``storage.CLAIM_CALLS`` on the
+four columns any calls ledger needs, into a keyed table in the ``bench_raw`` database), commits
 that transaction, then the offsets. Nothing else: no accounts or cycles (the cycle is the call's
 month: the benchmark's accounts bill on day 1), no meters, alerts, outbox or framework. As many
 processes run at once as the service has replicas, on the same broker and PostgreSQL, so the
@@ -43,7 +43,6 @@ from pydantic import TypeAdapter
 
 from contracts.messages import CallCharged
 from deploy.credentials import STACK_PRINCIPAL, kafka_options
-from services.usage_metering.storage import CLAIM_CALLS
 
 TABLE = "floor_calls"
 COLUMNS = ("account_id", "call_id", "cost", "cycle_start")
@@ -51,8 +50,15 @@ CREATE_TABLE = (
     f"create table if not exists {TABLE} (account_id text, call_id text, cost numeric(20, 6) not null, "
     "cycle_start date not null, primary key (account_id, call_id))"  # as metering's `calls`
 )
-FLOOR_CLAIM = CLAIM_CALLS.replace("insert into calls ", f"insert into {TABLE} ")
-assert FLOOR_CLAIM != CLAIM_CALLS, "metering's claim statement changed: update the floor's copy"
+# Metering's deduplicating insert (``storage.CLAIM_CALLS``) on the four columns every calls ledger
+# needs; metering's own also writes what its fold decided for each call (its place and parts).
+FLOOR_CLAIM = (
+    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, i - 1 as i "
+    "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
+    f"fresh as (insert into {TABLE} (account_id, call_id, cost, cycle_start) select a, c, k, s from given "
+    "on conflict do nothing returning account_id, call_id) "
+    "select i from given where not exists (select from fresh where account_id = a and call_id = c)"
+)
 CALLS = TypeAdapter(list[CallCharged])
 MODES = ("json", "contract", "copy")
 Row = tuple[str, str, Any, Any]

@@ -32,6 +32,14 @@ CLAIM_INBOX_UNPARTITIONED = (  # the claim before revision 0008 (one table, the 
     "insert into inbox (message_id, topic) select * from unnest($1::uuid[], $2::text[]) "
     "on conflict do nothing returning message_id"
 )
+# The calls' claim before revision 0009 (no place or parts per call).
+CLAIM_CALLS_WITHOUT_PARTS = (
+    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, i - 1 as i "
+    "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
+    "fresh as (insert into calls (account_id, call_id, cost, cycle_start) select a, c, k, s from given "
+    "on conflict do nothing returning account_id, call_id) "
+    "select i from given where not exists (select from fresh where account_id = a and call_id = c)"
+)
 BATCH = 5000
 ACCOUNTS = 10_000
 
@@ -73,7 +81,12 @@ async def fill(dsn: str, rows: int, partitioned: bool) -> dict[str, int]:
                 [f"acct-{random.randrange(ACCOUNTS):05d}", str(uuid.uuid4()), "0.012500", "2026-11-01"]
                 for _ in range(n)
             ]
-            await conn.fetch(CLAIM_CALLS, json.dumps(calls))
+            with_parts = await conn.fetchval(
+                "select count(*) = 1 from information_schema.columns where table_name = 'calls' and column_name = 'seq'"
+            )
+            if with_parts:
+                calls = [[*call, index + 1, call[2], "0"] for index, call in enumerate(calls)]
+            await conn.fetch(CLAIM_CALLS if with_parts else CLAIM_CALLS_WITHOUT_PARTS, json.dumps(calls))
             ids = [uuid.uuid4() for _ in range(n)]
             await conn.fetch(CLAIM_INBOX if partitioned else CLAIM_INBOX_UNPARTITIONED, ids, ["licensing.commands"] * n)
         await conn.execute("vacuum analyze")

@@ -15,7 +15,8 @@ from contracts.topics import (
 )
 from services.usage_metering.handlers import registry
 from services.usage_metering.settings import Settings
-from services.usage_metering.storage import MeterStore, RecentCalls
+from services.usage_metering.snapshots import DropMetersOnRebalance, MeterSnapshots
+from services.usage_metering.storage import MeterMemory, MeterStore, RecentCalls
 from shared.runtime.worker import Subscription, WorkerParts, build_worker
 
 SERVICE = "usage-metering"
@@ -23,7 +24,8 @@ SERVICE = "usage-metering"
 
 def create_worker(settings: Settings | None = None) -> WorkerParts:
     settings = settings or Settings()
-    return build_worker(
+    memory = MeterMemory(settings.meter_snapshot_batches)
+    parts = build_worker(
         SERVICE,
         settings,
         registry,
@@ -34,14 +36,19 @@ def create_worker(settings: Settings | None = None) -> WorkerParts:
                 linger_ms=settings.calls_linger_ms,
                 fetch_min_bytes=settings.calls_fetch_min_bytes,
                 consumers=settings.calls_consumers,
+                listener=DropMetersOnRebalance(memory),
             ),
             Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=2000),
         ],
         publishes=[METERING_ALERTS.name, METERING_USAGE.name, USAGE_CALLS.dlq],
         migrations_dir=Path(__file__).parent / "migrations",
-        store=partial(MeterStore, recent_calls=RecentCalls(settings.recent_calls)),
+        store=partial(MeterStore, recent_calls=RecentCalls(settings.recent_calls), memory=memory),
         description="Accrues calling credits against each account's monthly cap; alerts and blocks.",
     )
+    snapshots = MeterSnapshots(memory, parts.processor.sessions, settings.meter_snapshot_interval_s)
+    parts.app.after_startup(snapshots.start)
+    parts.app.on_shutdown(snapshots.stop)  # after the worker's own: the last offsets first
+    return parts
 
 
 def create_app():

@@ -91,6 +91,44 @@ def accrue_many(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[tup
     return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), alerts
 
 
+Parts = tuple[Decimal, Decimal]  # a call's billable and over-cap parts
+
+
+def accrue_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Parts], list[tuple[int, Alert]]]:
+    """``accrue_many`` that also says how each call was split: its billable and over-cap parts
+    (kept with the call in the ledger, so the meter can be rebuilt by adding them up)."""
+    cap, billable, over_cap = meter.cap, meter.billable, meter.over_cap
+    mark = _next_mark(meter)
+    parts: list[Parts] = []
+    alerts: list[tuple[int, Alert]] = []
+    for index, cost in enumerate(costs):
+        room = cap - billable
+        if cost <= room:
+            billable += cost
+            parts.append((cost, ZERO))
+        elif room > 0:
+            billable, over_cap = cap, over_cap + (cost - room)
+            parts.append((room, cost - room))
+        else:
+            over_cap += cost
+            parts.append((ZERO, cost))
+        if mark is not None and billable >= mark:
+            meter, raised = _new_alerts(replace(meter, billable=billable, over_cap=over_cap))
+            alerts.extend((index, alert) for alert in raised)
+            mark = _next_mark(meter)
+    return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), parts, alerts
+
+
+def accrue_late_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Parts]]:
+    """``accrue_late`` for each cost in turn, with each call's billable and over-cap parts."""
+    parts: list[Parts] = []
+    for cost in costs:
+        billed = min(cost, max(ZERO, meter.cap - meter.billable))
+        parts.append((billed, cost - billed))
+        meter = accrue_late(meter, cost)
+    return meter, parts
+
+
 def _next_mark(meter: Meter) -> Decimal | None:
     """The accrual at which the next alert (threshold or block) is due, None when none is left."""
     for percent in THRESHOLDS:  # ascending: the first one not alerted yet is the next one

@@ -1,4 +1,4 @@
-"""Usage metering's handlers. Calls are handled a batch at a time: dedupe, fold per account, one upsert."""
+"""Usage metering's handlers. Calls are handled a batch at a time: dedupe, fold per meter in memory, one COPY."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from contracts.envelope import Envelope
 from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.settings import Settings
-from services.usage_metering.storage import Account, MeterStore
+from services.usage_metering.storage import Account, Call, MeterKey, MeterStore, Tracked
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
-from shared.runtime import metrics
+from shared.runtime import ConcurrentUpdate, metrics
 from shared.runtime.registry import HandlerRegistry
 from shared.runtime.seals import Seals
 from shared.runtime.seals import seal_cycles as seal_protocol
@@ -74,7 +74,9 @@ async def account_opened(unit: Work, event: m.AccountOpened) -> None:
     parked = await unit.release_parked(event.account_id)
     calls = [p for p in parked if isinstance(p, m.CallCharged)]
     if calls:
-        await calls_charged(unit, calls)
+        # Folded from the database, not into this process's memory: the account's partition of
+        # usage.calls may be another replica's, which reads the meter when its first call comes.
+        await _charge(unit, calls, in_memory=False)
     for other in parked:
         if not isinstance(other, m.CallCharged):
             await registry.dispatch(unit, other)
@@ -82,9 +84,25 @@ async def account_opened(unit: Work, event: m.AccountOpened) -> None:
 
 @registry.on_batch(m.CallCharged, deduplicates=True)  # by (account, call id) in `calls`
 async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
-    """A batch of calls in a handful of statements: read the accounts, record the calls (repeats
-    drop out), read the meters they touch, fold each meter's calls in order, write the meters back
-    if nobody changed them meanwhile (else the batch is retried)."""
+    await _charge(unit, batch, in_memory=True)
+
+
+# A batch's calls, each with its meter and cycle, grouped by meter in the order they came.
+ByMeter = dict[tuple[str, Cycle], list[m.CallCharged]]
+Folded = tuple[list[Call], dict[MeterKey, Tracked], list[tuple[m.CallCharged, Cycle, domain.Alert]]]
+
+
+async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> None:
+    """A batch of calls in a handful of statements: read the accounts, fold each meter's new calls
+    in order (the meters from memory, or as they stand in the database), record the calls with what
+    the fold decided for each (its place in its meter, its billable and over-cap parts), and the
+    alerts. No meter is written: the meters held in memory become the folded ones when the batch
+    commits, and are written back as snapshots every so often (``snapshots.py``).
+
+    A call already recorded (reported again, or charged by another replica that owned its
+    partition) makes the record refuse the whole batch: those calls drop out, their accounts'
+    meters are read again from the database (which now holds the other replica's charges), and
+    the batch is folded again."""
     store = unit.store
     await store.share_metering()
     accounts = await store.accounts({call.account_id for call in batch})
@@ -102,37 +120,58 @@ async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
             await unit.park(USAGE_CALLS.name, call)  # its AccountOpened has not arrived yet
         elif (call.account_id, call.call_id) not in seen:  # a call is charged once, however often reported
             seen.add((call.account_id, call.call_id))
-            known.append((call, cycle_containing(account.billing_day, call.business_date)))
-    repeats = set(await store.claim_calls([(c.account_id, c.call_id, c.cost, cy.start) for c, cy in known]))
+            if not store.charged_lately(call.account_id, call.call_id):
+                known.append((call, cycle_containing(account.billing_day, call.business_date)))
 
-    by_meter: dict[tuple[str, Cycle], list[m.CallCharged]] = {}
-    for index, (call, cycle) in enumerate(known):
-        if index not in repeats:
-            by_meter.setdefault((call.account_id, cycle), []).append(call)
-    stored = await store.versioned_meters([(a, cycle.start) for a, cycle in by_meter])
-    changed: dict[tuple[str, Cycle], tuple[domain.Meter, int | None]] = {}
-    measured = metrics.enabled
-    billed = over_cap = domain.ZERO
+    repeats = await store.recorded_before(known, accounts, in_memory)
+    stale: set[str] = set()
+    for _ in range(3):
+        by_meter: ByMeter = {}
+        for call, cycle in known:
+            if (call.account_id, call.call_id) not in repeats:
+                by_meter.setdefault((call.account_id, cycle), []).append(call)
+        tracked = await store.meters_to_fold([(accounts[a], cycle) for a, cycle in by_meter], stale, in_memory)
+        rows, states, alerts = _fold(by_meter, tracked, accounts)
+        found = await store.record_calls(rows)
+        if not found:
+            break
+        repeats |= found
+        stale |= {account_id for account_id, _ in found}
+    else:
+        raise ConcurrentUpdate("the calls of this batch kept being charged by another transaction")
+
+    await store.create_meters([(a, t) for (a, _), t in states.items() if t.saved < 0])
+    states = {key: replace(t, saved=0) if t.saved < 0 else t for key, t in states.items()}
+    epochs = {account_id: accounts[account_id].meter_epoch for account_id, _ in states}
+    store.remember(states, epochs, rows, stale, in_memory)
+    for call, cycle, alert in alerts:
+        _emit_alerts(unit, call, cycle, [alert])
+    if metrics.enabled:
+        unit.count(CALLS_ACCRUED, len(rows))
+        unit.count(BILLABLE_USD, sum((row[5] for row in rows), domain.ZERO))
+        unit.count(OVER_CAP_USD, sum((row[6] for row in rows), domain.ZERO))
+
+
+def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[str, Account]) -> Folded:
+    """Each meter's calls in order: ``accrue_calls`` (or ``accrue_late_calls`` for a cycle already
+    sealed), each call numbered after the meter's last one."""
+    rows: list[Call] = []
+    states: dict[MeterKey, Tracked] = {}
+    alerts: list[tuple[m.CallCharged, Cycle, domain.Alert]] = []
     for (account_id, cycle), calls in by_meter.items():
-        account = accounts[account_id]
-        meter, version = stored.get((account_id, cycle.start)) or (domain.Meter(cap=account.cap), None)
-        before = meter
-        if cycle < account.open_cycle:
-            for call in calls:
-                meter = domain.accrue_late(meter, call.cost)
+        before = tracked[(account_id, cycle.start)]
+        costs = [call.cost for call in calls]
+        if cycle < accounts[account_id].open_cycle:
+            meter, parts = domain.accrue_late_calls(before.meter, costs)
         else:
-            meter, alerts = domain.accrue_many(meter, [call.cost for call in calls])
-            for index, alert in alerts:
-                _emit_alerts(unit, calls[index], cycle, [alert])
-        changed[(account_id, cycle)] = (meter, version)
-        if measured:  # per meter, not per call
-            billed += meter.billable - before.billable
-            over_cap += meter.over_cap - before.over_cap
-    await store.save_meters_if_unchanged(changed)
-    if measured:
-        unit.count(CALLS_ACCRUED, len(known) - len(repeats))
-        unit.count(BILLABLE_USD, billed)
-        unit.count(OVER_CAP_USD, over_cap)
+            meter, parts, raised = domain.accrue_calls(before.meter, costs)
+            alerts.extend((calls[index], cycle, alert) for index, alert in raised)
+        seq = before.position
+        for call, (billable, over_cap) in zip(calls, parts, strict=True):
+            seq += 1
+            rows.append((account_id, call.call_id, call.cost, cycle.start, seq, billable, over_cap))
+        states[(account_id, cycle.start)] = Tracked(meter, before.cycle, seq, before.saved)
+    return rows, states, alerts
 
 
 @registry.on(m.SetCallingCreditCap)

@@ -38,3 +38,8 @@ class Settings(ServiceSettings):
     # Call ids this process committed lately, kept to drop repeat reports before the calls' COPY
     # (storage.RecentCalls); a repeat older than that still meets the calls key. 0: keep none.
     recent_calls: int = Field(default=100_000, ge=0)
+    # The meters folded in memory are written back as snapshots every this many seconds, or after
+    # this many batches (0: by time only), whichever comes first (snapshots.MeterSnapshots). Only
+    # what a new owner reads after a crash or a rebalance depends on it, never the amounts.
+    meter_snapshot_interval_s: float = Field(default=30.0, gt=0)
+    meter_snapshot_batches: int = Field(default=1000, ge=0)

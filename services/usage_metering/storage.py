@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -14,10 +15,10 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.messages import CallCharged
 from services.usage_metering.domain import THRESHOLDS, Meter
 from shared.cycles import Cycle
 from shared.db import driver_connection
-from shared.runtime import ConcurrentUpdate
 from shared.runtime.seals import SealLedger, declare_seals_table
 from shared.runtime.tables import declare_runtime_tables
 
@@ -32,9 +33,18 @@ accounts = sa.Table(
     sa.Column("cap", sa.Numeric(14, 2), nullable=False),
     sa.Column("open_cycle_start", sa.Date, nullable=False),
     sa.Column("open_cycle_end", sa.Date, nullable=False),
+    sa.Column(
+        "meter_epoch",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="bumped when a cap change or a seal changes the account's meters",
+    ),
 )
-meters = sa.Table(
-    "meters",
+# What a meter held when it was last written back: ``meters`` (a view, migration 0009) adds the
+# meter's calls after ``through_seq``, which gives the meter as the fold holds it.
+meter_snapshots = sa.Table(
+    "meter_snapshots",
     metadata,
     sa.Column("account_id", sa.Text, primary_key=True),
     sa.Column("cycle_start", sa.Date, primary_key=True),
@@ -45,9 +55,15 @@ meters = sa.Table(
     sa.Column("alerted", sa.SmallInteger, nullable=False, comment="bit per threshold: 1=50%, 2=80%, 4=100%"),
     sa.Column("blocked", sa.Boolean, nullable=False),
     sa.Column("late_unbilled", sa.Numeric(20, 6), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False, server_default="0", comment="bumped by every write"),
+    sa.Column(
+        "through_seq",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="the meter's calls (calls.seq) this snapshot holds: 1 to through_seq",
+    ),
     sa.CheckConstraint("billable >= 0 and over_cap >= 0 and late_unbilled >= 0", name="meter_amounts"),
-    postgresql_with={"fillfactor": 70},  # room on each page for in-place (HOT) updates of hot meters
+    postgresql_with={"fillfactor": 70},  # room on each page for in-place (HOT) updates of the snapshots
 )
 calls = sa.Table(
     "calls",
@@ -56,6 +72,15 @@ calls = sa.Table(
     sa.Column("call_id", sa.Text, primary_key=True),
     sa.Column("cost", sa.Numeric(20, 6), nullable=False),
     sa.Column("cycle_start", sa.Date, nullable=False),
+    # What the fold decided for the call, so a meter is its snapshot plus its calls after it.
+    sa.Column(
+        "seq",
+        sa.Integer,
+        nullable=False,
+        comment="the call's place in its meter (account, cycle): 1, 2, ...; 0 before meters in memory",
+    ),
+    sa.Column("billable", sa.Numeric(20, 6), nullable=False),
+    sa.Column("over_cap", sa.Numeric(20, 6), nullable=False),
 )
 seals = declare_seals_table(metadata)
 
@@ -79,6 +104,7 @@ class Account:
     billing_day: int
     cap: Decimal
     open_cycle: Cycle
+    meter_epoch: int = 0
 
 
 MeterKey = tuple[str, date]
@@ -92,50 +118,70 @@ METERING_LOCK = 7240002
 
 # $1: the account ids (text[]).
 ACCOUNTS_BY_ID = (
-    "select account_id, billing_day, cap, open_cycle_start, open_cycle_end from accounts "
+    "select account_id, billing_day, cap, open_cycle_start, open_cycle_end, meter_epoch from accounts "
     "where account_id = any($1::text[]) order by account_id"
 )
-# A batch's meters, read and written by primary key whatever the batch's size: joined with keys
-# unpacked from JSON, the planner guesses 100 keys and hashes the whole table of up to some 15,000
-# meters, while a lookup per key is as fast as the hash even for 4,000 keys (docs/architecture.md, Decisions).
+METER_COLUMNS = (
+    "m.account_id, m.cycle_start, m.cycle_end, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, "
+    "m.late_unbilled, m.through_seq, m.snapshot_seq"
+)
+# The meters a batch folds into, as they stand (a snapshot plus its calls after it: the view
+# ``meters``), looked up by key whatever the batch's size: joined with keys unpacked from JSON,
+# the planner guesses 100 keys and hashes whole tables (docs/architecture.md, Decisions).
 # $1: a JSON array of [account id, cycle start]. ``offset 0`` keeps the lateral subquery a lookup
 # per key (without it the planner folds it into a join and may hash again).
 METERS_BY_KEY = (
-    "select m.account_id, m.cycle_start, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, m.late_unbilled, "
-    "m.version from jsonb_array_elements($1::jsonb) k cross join lateral (select * from meters m "
+    f"select {METER_COLUMNS} from jsonb_array_elements($1::jsonb) k cross join lateral (select * from meters m "
     "where m.account_id = k->>0 and m.cycle_start = (k->>1)::date offset 0) m"
 )
-# $1: a JSON array of [account id, cycle start, cycle end, cap, billable, over cap, alert bits,
-# blocked, late unbilled, new version]; the new version is the one read plus one, 0 for a meter
-# that was not there. An insert probes the primary key for each row (no join to plan); a meter
-# that is there is overwritten only if it is still at the version read (one below the new one),
-# so a meter changed or created meanwhile is left alone and missing from the count.
-SAVE_METERS_IF_UNCHANGED = (
-    "insert into meters as m (account_id, cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, "
-    "late_unbilled, version) select r->>0, (r->>1)::date, (r->>2)::date, (r->>3)::numeric, (r->>4)::numeric, "
-    "(r->>5)::numeric, (r->>6)::smallint, (r->>7)::boolean, (r->>8)::numeric, (r->>9)::integer "
-    "from jsonb_array_elements($1::jsonb) r on conflict (account_id, cycle_start) do update set "
-    "cap = excluded.cap, billable = excluded.billable, over_cap = excluded.over_cap, alerted = excluded.alerted, "
-    "blocked = excluded.blocked, late_unbilled = excluded.late_unbilled, version = excluded.version "
-    "where m.version = excluded.version - 1"
+SNAPSHOT_COLUMNS = (
+    "account_id, cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, late_unbilled, through_seq"
 )
-# $1: a JSON array of [account id, call id, cost, cycle start]; returns the indexes of those recorded before.
+SNAPSHOT_ROWS = (
+    "select r->>0, (r->>1)::date, (r->>2)::date, (r->>3)::numeric, (r->>4)::numeric, (r->>5)::numeric, "
+    "(r->>6)::smallint, (r->>7)::boolean, (r->>8)::numeric, (r->>9)::integer from jsonb_array_elements($1::jsonb) r"
+)
+SNAPSHOT_UPDATE = (
+    "cap = excluded.cap, billable = excluded.billable, over_cap = excluded.over_cap, alerted = excluded.alerted, "
+    "blocked = excluded.blocked, late_unbilled = excluded.late_unbilled, through_seq = excluded.through_seq"
+)
+# $1: a JSON array of [account id, cycle start, cycle end, cap, billable, over cap, alert bits,
+# blocked, late unbilled, through seq]. The first row of a meter, made with its first calls.
+CREATE_METERS = (
+    f"insert into meter_snapshots ({SNAPSHOT_COLUMNS}) {SNAPSHOT_ROWS} on conflict (account_id, cycle_start) do nothing"
+)
+# The same rows, written back from memory: a snapshot only ever moves forward in its meter's calls,
+# so one from a worker that no longer owns the meter (behind, or level with a cap change's) is
+# refused; it returns the keys written.
+SAVE_SNAPSHOTS = (
+    f"insert into meter_snapshots as s ({SNAPSHOT_COLUMNS}) {SNAPSHOT_ROWS} on conflict (account_id, cycle_start) "
+    f"do update set {SNAPSHOT_UPDATE} where s.through_seq < excluded.through_seq returning s.account_id, s.cycle_start"
+)
+# $1: a JSON array of [account id, call id]; returns those in ``calls`` (read only: the key decides).
+# A lateral lookup per key with ``limit 1``, so it stays a primary-key probe whatever the count.
+RECORDED_CALLS = (
+    "select k->>0 as account_id, k->>1 as call_id from jsonb_array_elements($1::jsonb) k cross join lateral "
+    "(select from calls c where c.account_id = k->>0 and c.call_id = k->>1 limit 1) found"
+)
+CALLS_COLUMNS = ("account_id", "call_id", "cost", "cycle_start", "seq", "billable", "over_cap")
+# $1: a JSON array of CALLS_COLUMNS' values; returns the indexes of those recorded before.
 CLAIM_CALLS = (
-    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, i - 1 as i "
+    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, "
+    "(r->>4)::integer as q, (r->>5)::numeric as b, (r->>6)::numeric as o, i - 1 as i "
     "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
-    "fresh as (insert into calls (account_id, call_id, cost, cycle_start) select a, c, k, s from given "
-    "on conflict do nothing returning account_id, call_id) "
+    "fresh as (insert into calls (account_id, call_id, cost, cycle_start, seq, billable, over_cap) "
+    "select a, c, k, s, q, b, o from given on conflict do nothing returning account_id, call_id) "
     "select i from given where not exists (select from fresh where account_id = a and call_id = c)"
 )
 
 
-CALLS_COLUMNS = ("account_id", "call_id", "cost", "cycle_start")
 # Before each COPY of a batch's new calls: a COPY that hits the calls key (a repeat older than
-# RecentCalls, or a replay) is rolled back to here alone, and the batch's calls claimed again.
+# RecentCalls, another replica's call, a replay) is rolled back to here alone.
 BEFORE_CALLS_COPY = "savepoint before_calls_copy"
 UNDO_CALLS_COPY = "rollback to savepoint before_calls_copy"
 
 CallKey = tuple[str, str]  # account id, call id
+Call = tuple[str, str, Decimal, date, int, Decimal, Decimal]  # CALLS_COLUMNS
 
 
 class RecentCalls:
@@ -164,9 +210,87 @@ class RecentCalls:
         while len(self._order) > self.capacity:
             self._known.discard(self._order.popleft())
 
-    def remember_when_committed(self, session: AsyncSession, keys: list[CallKey]) -> None:
-        if self.capacity and keys:
-            sa.event.listen(session.sync_session, "after_commit", lambda _: self.add(keys), once=True)
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """A meter as the fold holds it: the meter, its cycle, how many of its calls it holds
+    (``position``: calls 1 to position) and how many the snapshot in the database holds (``saved``;
+    -1: the meter has no row yet)."""
+
+    meter: Meter
+    cycle: Cycle
+    position: int
+    saved: int
+
+
+class MeterMemory:
+    """The meters this process folds, per account, with the ``meter_epoch`` of the account they
+    were read at: a cap change or a seal (another transaction, maybe another replica) bumps the
+    epoch, and the account's meters are read again. A batch's meters enter only when it commits.
+    Emptied when the calls consumer's partitions are revoked or assigned, so each ownership starts
+    from the database; ``snapshots.MeterSnapshots`` writes the meters back every so often."""
+
+    def __init__(self, snapshot_batches: int = 0) -> None:
+        self._accounts: dict[str, tuple[int, dict[date, Tracked]]] = {}
+        self.snapshot_batches = snapshot_batches
+        self.batches = 0  # committed since the last snapshot
+        self.snapshot_due = asyncio.Event()
+
+    def __len__(self) -> int:
+        return sum(len(meters) for _, meters in self._accounts.values())
+
+    def get(self, account_id: str, epoch: int, cycle_start: date) -> Tracked | None:
+        held = self._accounts.get(account_id)
+        if held is None:
+            return None
+        if held[0] != epoch:
+            del self._accounts[account_id]
+            return None
+        return held[1].get(cycle_start)
+
+    def apply(self, states: dict[MeterKey, Tracked], epochs: dict[str, int], stale: Iterable[str] = ()) -> None:
+        """A committed batch's meters; first, the accounts it found stale are forgotten (it holds
+        their meters as they stand now only where it had calls left for them)."""
+        self.drop(stale)
+        for (account_id, cycle_start), tracked in states.items():
+            epoch = epochs[account_id]
+            held = self._accounts.get(account_id)
+            if held is None or held[0] != epoch:
+                held = self._accounts[account_id] = (epoch, {})
+            current = held[1].get(cycle_start)
+            if current is not None and current.position >= tracked.position:  # folded beside another: unsure
+                del self._accounts[account_id]
+                continue
+            held[1][cycle_start] = tracked
+        self.batches += 1
+        if self.snapshot_batches and self.batches >= self.snapshot_batches:
+            self.snapshot_due.set()
+
+    def drop(self, account_ids: Iterable[str]) -> None:
+        for account_id in account_ids:
+            self._accounts.pop(account_id, None)
+
+    def clear(self) -> None:
+        self._accounts.clear()
+
+    def unsaved(self) -> list[tuple[str, Tracked]]:
+        """The meters whose snapshot is behind them; starts counting the batches to the next snapshot."""
+        self.batches = 0
+        self.snapshot_due.clear()
+        return [
+            (account_id, tracked)
+            for account_id, (_, meters) in self._accounts.items()
+            for tracked in meters.values()
+            if tracked.position > tracked.saved
+        ]
+
+    def saved(self, account_id: str, cycle_start: date, position: int) -> None:
+        held = self._accounts.get(account_id)
+        if held is None:
+            return
+        tracked = held[1].get(cycle_start)
+        if tracked is not None and tracked.saved < position <= tracked.position:
+            held[1][cycle_start] = replace(tracked, saved=position)
 
 
 def _json(rows: list[Any]) -> str:
@@ -175,11 +299,19 @@ def _json(rows: list[Any]) -> str:
     return json.dumps(rows, separators=(",", ":"))
 
 
-def _expect_all(status: str, rows: int) -> None:
-    """``UPDATE n`` / ``INSERT 0 n``: fewer than asked means another transaction got there first."""
-    written = int(status.rsplit(" ", 1)[1])
-    if written != rows:
-        raise ConcurrentUpdate(f"{rows - written} of {rows} meters changed while this batch ran")
+def _snapshot_row(account_id: str, cycle: Cycle, meter: Meter, through_seq: int) -> tuple[Any, ...]:
+    return (
+        account_id,
+        str(cycle.start),
+        str(cycle.end),
+        str(meter.cap),
+        str(meter.billable),
+        str(meter.over_cap),
+        _to_bits(meter.alerted),
+        meter.blocked,
+        str(meter.late_unbilled),
+        through_seq,
+    )
 
 
 # The store's other statements, with named parameters, run through the session (cap changes,
@@ -188,31 +320,29 @@ OPEN_ACCOUNT = (
     "insert into accounts (account_id, billing_day, cap, open_cycle_start, open_cycle_end) "
     "values (:account_id, :billing_day, :cap, :open_cycle_start, :open_cycle_end) on conflict do nothing"
 )
-SET_CAP = "update accounts set cap = :cap where account_id = :account_id"
+SET_CAP = "update accounts set cap = :cap, meter_epoch = meter_epoch + 1 where account_id = :account_id"
 METER_KEYS = "unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[])) as wanted(account_id, cycle_start)"
-LOCKED_METERS = (
-    "select m.account_id, m.cycle_start, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, m.late_unbilled "
-    f"from meters m join {METER_KEYS} on m.account_id = wanted.account_id and m.cycle_start = wanted.cycle_start "
-    "order by 1, 2 for update of m"
+# Under the metering lock held alone (a cap change, a seal): no batch of calls runs meanwhile, and
+# the snapshots written from memory take the lock shared, so these meters stay as read.
+METERS_AS_THEY_STAND = (
+    f"select {METER_COLUMNS} from meters m join {METER_KEYS} on m.account_id = wanted.account_id "
+    "and m.cycle_start = wanted.cycle_start order by 1, 2"
 )
+# Written where a cap change or a seal read them: the snapshot then holds all the meter's calls.
 SAVE_METERS = (
-    "insert into meters (account_id, cycle_start, cycle_end, cap, billable, over_cap, alerted, blocked, "
-    "late_unbilled) select * from unnest(cast(:account_ids as text[]), cast(:cycle_starts as date[]), "
-    "cast(:cycle_ends as date[]), cast(:caps as numeric[]), cast(:billable as numeric[]), "
-    "cast(:over_cap as numeric[]), cast(:alerted as smallint[]), cast(:blocked as boolean[]), "
-    "cast(:late_unbilled as numeric[])) on conflict (account_id, cycle_start) do update set "
-    "cap = excluded.cap, billable = excluded.billable, over_cap = excluded.over_cap, "
-    "alerted = excluded.alerted, blocked = excluded.blocked, late_unbilled = excluded.late_unbilled, "
-    "version = meters.version + 1"
+    f"insert into meter_snapshots ({SNAPSHOT_COLUMNS}) select * from unnest(cast(:account_ids as text[]), "
+    "cast(:cycle_starts as date[]), cast(:cycle_ends as date[]), cast(:caps as numeric[]), "
+    "cast(:billable as numeric[]), cast(:over_cap as numeric[]), cast(:alerted as smallint[]), "
+    "cast(:blocked as boolean[]), cast(:late_unbilled as numeric[]), cast(:through_seqs as integer[])) "
+    f"on conflict (account_id, cycle_start) do update set {SNAPSHOT_UPDATE}"
 )
 LATE_METERS = (
-    "select m.account_id, m.cycle_start, m.cycle_end, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, "
-    f"m.late_unbilled from meters m join {METER_KEYS} on m.account_id = wanted.account_id "
-    "and m.cycle_start < wanted.cycle_start and m.late_unbilled > 0 order by 1, 2 for update of m"
+    f"select {METER_COLUMNS} from meters m join {METER_KEYS} on m.account_id = wanted.account_id "
+    "and m.cycle_start < wanted.cycle_start and m.late_unbilled > 0 order by 1, 2"
 )
 MOVE_OPEN_CYCLES = (
-    "update accounts a set open_cycle_start = moved.open_cycle_start, open_cycle_end = moved.open_cycle_end "
-    "from unnest(cast(:account_ids as text[]), cast(:open_cycle_starts as date[]), "
+    "update accounts a set open_cycle_start = moved.open_cycle_start, open_cycle_end = moved.open_cycle_end, "
+    "meter_epoch = a.meter_epoch + 1 from unnest(cast(:account_ids as text[]), cast(:open_cycle_starts as date[]), "
     "cast(:open_cycle_ends as date[])) as moved(account_id, open_cycle_start, open_cycle_end) "
     "where a.account_id = moved.account_id"
 )
@@ -223,10 +353,14 @@ def _meter(row: Any) -> Meter:
 
 
 class MeterStore:
-    def __init__(self, session: AsyncSession, recent_calls: RecentCalls | None = None) -> None:
+    def __init__(
+        self, session: AsyncSession, recent_calls: RecentCalls | None = None, memory: MeterMemory | None = None
+    ) -> None:
         self.session = session
         self.seals = SealLedger(session)
         self.recent_calls = recent_calls if recent_calls is not None else RecentCalls(0)
+        self.memory = memory if memory is not None else MeterMemory()
+        self._positions: dict[MeterKey, int] = {}  # of the meters read by ``meters``, for ``save_meters``
 
     async def _driver(self) -> Any:
         """The asyncpg connection under this session's transaction. The calls path uses it
@@ -260,86 +394,142 @@ class MeterStore:
         it looks up each id in the primary key (docs/architecture.md, Decisions)."""
         rows = await (await self._driver()).fetch(ACCOUNTS_BY_ID + (" for update" if lock else ""), list(account_ids))
         return {
-            account_id: Account(account_id, billing_day, cap, Cycle(open_cycle_start, open_cycle_end))
-            for account_id, billing_day, cap, open_cycle_start, open_cycle_end in rows
+            account_id: Account(account_id, billing_day, cap, Cycle(open_cycle_start, open_cycle_end), epoch)
+            for account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch in rows
         }
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         await self.session.execute(sa.text(SET_CAP), {"account_id": account_id, "cap": cap})
 
-    async def claim_calls(self, rows: list[tuple[str, str, Decimal, date]]) -> list[int]:
-        """Record calls by (account, call id), each pair at most once in ``rows``; return the
-        indexes of the rows already recorded before (a repeat report: no second charge).
+    def charged_lately(self, account_id: str, call_id: str) -> bool:
+        """This process committed the call lately: a repeat report, dropped before the fold."""
+        return (account_id, call_id) in self.recent_calls
 
-        Pairs this process committed lately are repeats without a look at the table; the others
-        go in by binary COPY, about twice the rate of the deduplicating insert and half its
-        PostgreSQL CPU (docs/architecture.md, Decisions). When the COPY hits the calls key, it is
-        undone and those rows claimed with the deduplicating insert instead."""
-        repeats: list[int] = []
-        fresh: list[int] = []
-        for index, (account_id, call_id, _, _) in enumerate(rows):
-            (repeats if (account_id, call_id) in self.recent_calls else fresh).append(index)
-        if not fresh:
-            return repeats
+    async def recorded_before(
+        self, calls: list[tuple[CallCharged, Cycle]], accounts: dict[str, Account], in_memory: bool
+    ) -> set[CallKey]:
+        """Of these calls, those already in the ledger among the ones whose meter memory does not
+        hold: a worker that has just started or taken over a partition (a replay, a restart) reads
+        neither the meters nor the ledger's parts for calls it will not charge. Read only and not
+        waiting for other transactions: the calls key stays the authority (``record_calls``)."""
+        memory = self.memory
+        asked = []
+        for call, cycle in calls:
+            account = accounts[call.account_id]
+            if not in_memory or memory.get(account.account_id, account.meter_epoch, cycle.start) is None:
+                asked.append((call.account_id, call.call_id))
+        if not asked:
+            return set()
+        found = await (await self._driver()).fetch(RECORDED_CALLS, _json(asked))
+        return {(account_id, call_id) for account_id, call_id in found}
+
+    async def meters_to_fold(
+        self, wanted: list[tuple[Account, Cycle]], stale: set[str], in_memory: bool
+    ) -> dict[MeterKey, Tracked]:
+        """The meters a batch folds into: from memory when it holds them at the account's epoch
+        (``in_memory``, and the account not in ``stale``), else as they stand in the database."""
+        found: dict[MeterKey, Tracked] = {}
+        missing: dict[MeterKey, tuple[Account, Cycle]] = {}
+        for account, cycle in wanted:
+            key = (account.account_id, cycle.start)
+            held = None
+            if in_memory and account.account_id not in stale:
+                held = self.memory.get(account.account_id, account.meter_epoch, cycle.start)
+            if held is None:
+                missing[key] = (account, cycle)
+            else:
+                found[key] = held
+        if missing:
+            rows = await (await self._driver()).fetch(METERS_BY_KEY, _json([(a, str(s)) for a, s in missing]))
+            for row in rows:
+                key = (row["account_id"], row["cycle_start"])
+                found[key] = Tracked(
+                    _meter_of(row), Cycle(row["cycle_start"], row["cycle_end"]), row["through_seq"], row["snapshot_seq"]
+                )
+            for key, (account, cycle) in missing.items():
+                if key not in found:  # its first calls: a row is made for it with them (``create_meters``)
+                    found[key] = Tracked(Meter(cap=account.cap), cycle, 0, -1)
+        return found
+
+    async def record_calls(self, rows: list[Call]) -> set[CallKey]:
+        """Record the calls by (account, call id), each pair at most once in ``rows``, all of them or
+        none: the pairs recorded before (a repeat report: no second charge) are returned, and then
+        nothing of ``rows`` is written (the fold that gave their places and parts counted them).
+
+        Binary COPY, about twice the rate of the deduplicating insert and half its PostgreSQL CPU
+        (docs/architecture.md, Decisions). When the COPY hits the calls key, it is undone and the
+        rows claimed with the deduplicating insert instead, which waits for a concurrent claim of
+        the same call to commit or roll back."""
+        if not rows:
+            return set()
         conn = await self._driver()
         await conn.execute(BEFORE_CALLS_COPY)
         try:
-            await conn.copy_records_to_table(calls.name, records=[rows[i] for i in fresh], columns=CALLS_COLUMNS)
+            await conn.copy_records_to_table(calls.name, records=rows, columns=CALLS_COLUMNS)
         except asyncpg.UniqueViolationError:
             await conn.execute(UNDO_CALLS_COPY)
             claimed = await conn.fetch(
-                CLAIM_CALLS, _json([(a, c, str(k), str(s)) for a, c, k, s in map(rows.__getitem__, fresh)])
+                CLAIM_CALLS, _json([(a, c, str(k), str(s), q, str(b), str(o)) for a, c, k, s, q, b, o in rows])
             )
-            old = {fresh[r[0]] for r in claimed}
-            repeats = sorted(repeats + list(old))
-            fresh = [i for i in fresh if i not in old]
-        self.recent_calls.remember_when_committed(self.session, [(rows[i][0], rows[i][1]) for i in fresh])
-        return repeats
+            if claimed:
+                await conn.execute(UNDO_CALLS_COPY)
+                return {(rows[index][0], rows[index][1]) for (index,) in claimed}
+        return set()
 
-    async def versioned_meters(self, keys: Iterable[MeterKey]) -> dict[MeterKey, tuple[Meter, int]]:
-        """The meters for these (account, cycle start) pairs with their version, not locked:
-        ``save_meters_if_unchanged`` refuses to write over a meter changed since."""
-        rows = await (await self._driver()).fetch(METERS_BY_KEY, _json([(a, str(start)) for a, start in keys]))
-        return {
-            (account_id, cycle_start): (Meter(cap, billable, over_cap, _from_bits(alerted), blocked, late), version)
-            for account_id, cycle_start, cap, billable, over_cap, alerted, blocked, late, version in rows
-        }
+    async def create_meters(self, new: list[tuple[str, Tracked]]) -> None:
+        """The first row of each of these meters, empty (``through_seq`` 0): the view ``meters``
+        shows a meter from its first calls on."""
+        if new:
+            rows = [_snapshot_row(a, t.cycle, Meter(cap=t.meter.cap), 0) for a, t in new]
+            await (await self._driver()).execute(CREATE_METERS, _json(rows))
 
-    async def save_meters_if_unchanged(self, changed: dict[tuple[str, Cycle], tuple[Meter, int | None]]) -> None:
-        """Write meters read at the given versions (None: there was none); raise ``ConcurrentUpdate``
-        when any changed (or appeared) in between, so the batch is retried from the start."""
-        if not changed:
-            return
-        rows = [
-            (
-                account_id,
-                str(cycle.start),
-                str(cycle.end),
-                str(meter.cap),
-                str(meter.billable),
-                str(meter.over_cap),
-                _to_bits(meter.alerted),
-                meter.blocked,
-                str(meter.late_unbilled),
-                0 if version is None else version + 1,
-            )
-            for (account_id, cycle), (meter, version) in changed.items()
-        ]
-        status = await (await self._driver()).execute(SAVE_METERS_IF_UNCHANGED, _json(rows))
-        _expect_all(status, len(rows))
+    def remember(
+        self,
+        states: dict[MeterKey, Tracked],
+        epochs: dict[str, int],
+        charged: list[Call],
+        stale: set[str],
+        in_memory: bool,
+    ) -> None:
+        """When this transaction commits: the folded meters into memory (``in_memory``; ``stale``:
+        accounts whose meters were found behind the database, forgotten first), the calls into
+        ``RecentCalls``."""
+        memory, recent = self.memory, self.recent_calls
+
+        def committed(_: Any) -> None:
+            if in_memory:
+                memory.apply(states, epochs, stale)
+            if recent.capacity:
+                recent.add((call[0], call[1]) for call in charged)
+
+        sa.event.listen(self.session.sync_session, "after_commit", committed, once=True)
+
+    async def save_snapshots(self, meters: list[tuple[str, Tracked]]) -> set[MeterKey]:
+        """Write these meters back as snapshots where each moves forward; returns the keys written."""
+        if not meters:
+            return set()
+        rows = [_snapshot_row(a, t.cycle, t.meter, t.position) for a, t in meters]
+        written = await (await self._driver()).fetch(SAVE_SNAPSHOTS, _json(rows))
+        return {(account_id, cycle_start) for account_id, cycle_start in written}
 
     async def meters(self, keys: Iterable[MeterKey]) -> dict[MeterKey, Meter]:
-        """The meters for these (account, cycle start) pairs, locked for this transaction."""
+        """The meters for these (account, cycle start) pairs as they stand, for a cap change or a
+        seal (under the metering lock held alone)."""
         keys = sorted(set(keys))
         if not keys:
             return {}
         rows = await self.session.execute(
-            sa.text(LOCKED_METERS),
+            sa.text(METERS_AS_THEY_STAND),
             {"account_ids": [account for account, _ in keys], "cycle_starts": [start for _, start in keys]},
         )
-        return {(row.account_id, row.cycle_start): _meter(row) for row in rows}
+        found = {}
+        for row in rows:
+            found[(row.account_id, row.cycle_start)] = _meter(row)
+            self._positions[(row.account_id, row.cycle_start)] = row.through_seq
+        return found
 
     async def save_meters(self, changed: dict[tuple[str, Cycle], Meter]) -> None:
+        """Snapshots of meters read with ``meters`` or ``late_meters_many`` (or new), holding all their calls."""
         if not changed:
             return
         meters = changed.values()
@@ -355,12 +545,13 @@ class MeterStore:
                 "alerted": [_to_bits(meter.alerted) for meter in meters],
                 "blocked": [meter.blocked for meter in meters],
                 "late_unbilled": [meter.late_unbilled for meter in meters],
+                "through_seqs": [self._positions.get((account, cycle.start), 0) for account, cycle in changed],
             },
         )
 
     # ------------------------------------------------------------------ set-based, for sealing many accounts at once
     async def late_meters_many(self, before: list[tuple[str, date]]) -> dict[str, list[tuple[Cycle, Meter]]]:
-        """Per account: sealed cycles (before the given start) with late usage not yet billed, locked."""
+        """Per account: sealed cycles (before the given start) with late usage not yet billed."""
         rows = await self.session.execute(
             sa.text(LATE_METERS),
             {"account_ids": [account for account, _ in before], "cycle_starts": [start for _, start in before]},
@@ -368,6 +559,7 @@ class MeterStore:
         found: dict[str, list[tuple[Cycle, Meter]]] = {}
         for row in rows:
             found.setdefault(row.account_id, []).append((Cycle(row.cycle_start, row.cycle_end), _meter(row)))
+            self._positions[(row.account_id, row.cycle_start)] = row.through_seq
         return found
 
     async def move_open_cycles(self, moves: list[tuple[str, Cycle]]) -> None:
@@ -379,3 +571,15 @@ class MeterStore:
                 "open_cycle_ends": [cycle.end for _, cycle in moves],
             },
         )
+
+
+def _meter_of(row: Any) -> Meter:
+    """A meter from an asyncpg record of METER_COLUMNS."""
+    return Meter(
+        row["cap"],
+        row["billable"],
+        row["over_cap"],
+        _from_bits(row["alerted"]),
+        row["blocked"],
+        row["late_unbilled"],
+    )

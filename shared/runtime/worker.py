@@ -49,6 +49,8 @@ class Subscription:
     linger_ms: int | None = None
     fetch_min_bytes: int = 1
     consumers: int | None = None  # in this process; None: settings.consumers_per_subscription
+    # Told when the group's rebalance revokes or assigns partitions (aiokafka's ConsumerRebalanceListener).
+    listener: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ def build_worker(
                 fetch_min_bytes=subscription.fetch_min_bytes,
                 heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
                 decoder=_records_and_consumer,
+                listener=subscription.listener,
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,
             )

@@ -136,67 +136,72 @@ async def test_calls_that_arrive_before_their_account_opens_are_kept_and_accrued
     assert await scalar(dbs["usage_metering"], "select count(*) from parked where account_id = :a", a=account) == 0
 
 
-@pytest.mark.parametrize("meter_there", [True, False], ids=["updating-it", "creating-it"])
-async def test_two_batches_racing_on_one_meter_lose_nothing_and_alert_once(
-    stack: Bus, dbs, monkeypatch, meter_there: bool
+@pytest.mark.parametrize("first_to_commit", ["stale-owner", "new-owner"])
+async def test_two_replicas_folding_one_meter_during_a_rebalance_lose_nothing_and_alert_once(
+    stack: Bus, dbs, monkeypatch, first_to_commit: str
 ) -> None:
-    """Meters are written optimistically (version check, no row lock). Two batches of calls for
-    the same account (e.g. parked calls released while new ones arrive, or two replicas during a
-    rebalance): the one that read the meter before the other committed must retry, not overwrite;
-    also when neither found the meter and both would create it."""
-    from services.usage_metering import handlers
-    from services.usage_metering.settings import Settings
+    """Two owners of a partition during a rebalance: the old one, its meter in memory, is still in
+    a batch when the new one, which read the meter from the database, processes the same calls and
+    more. Whichever records a call second meets the calls key: its batch drops those calls, reads
+    the meter again from the database and folds the rest on it, so nothing is charged twice and
+    each threshold alerts once."""
+    from services.usage_metering.snapshots import MeterSnapshots
     from services.usage_metering.storage import MeterStore
     from shared.db import make_sessions
-    from shared.runtime import BatchProcessor
-    from shared.runtime.codec import Record
 
     account = await open_account(stack)
-    earlier, first, second = (
+    earlier, in_flight, later = (
         [call(account, "10.00")],
         [call(account, "90.00"), call(account, "30.00")],
         [call(account, "140.00")],
     )
-    first_read, second_done = asyncio.Event(), asyncio.Event()
-    reads = 0
-    original = MeterStore.versioned_meters
+    stale, new = _metering(recent_calls=1000)(dbs), _metering(recent_calls=1000)(dbs)
+    await stale.process(_records(account, earlier))  # the old owner holds the meter (10.00) in memory
+    stale_memory = _memory(stale)
+    folded, other_done = asyncio.Event(), asyncio.Event()
+    original = MeterStore.record_calls
 
-    async def slow_first_read(self: MeterStore, keys):  # the first batch reads, then waits for the second
-        nonlocal reads
-        found = await original(self, keys)
-        reads += 1
-        if not first_read.is_set():
-            first_read.set()
-            await second_done.wait()
-        return found
+    async def hold(self: MeterStore, rows):
+        first = self.memory is (stale_memory if first_to_commit == "new-owner" else _memory(new))
+        if first and not folded.is_set():  # folded, not recorded yet: the other owner goes first
+            folded.set()
+            await other_done.wait()
+        return await original(self, rows)
 
-    processor = BatchProcessor(
-        "usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry, store=MeterStore, settings=Settings()
-    )
+    async def other() -> None:
+        await folded.wait()
+        if first_to_commit == "new-owner":
+            await new.process(_records(account, in_flight + later))
+        else:
+            await stale.process(_records(account, in_flight))
+        other_done.set()
 
-    def records(calls: list[m.CallCharged]) -> list[Record]:
-        return [Record("usage.calls", 0, 0, account.encode(), c.model_dump_json().encode(), (), 1) for c in calls]
+    monkeypatch.setattr(MeterStore, "record_calls", hold)
+    if first_to_commit == "new-owner":
+        await asyncio.gather(stale.process(_records(account, in_flight)), other())
+    else:
+        await asyncio.gather(new.process(_records(account, in_flight + later)), other())
 
-    async def second_batch() -> None:
-        await first_read.wait()
-        await processor.process(records(second))
-        second_done.set()
-
-    if meter_there:
-        await processor.process(records(earlier))  # both batches update the meter
-    monkeypatch.setattr(MeterStore, "versioned_meters", slow_first_read)
-    await asyncio.gather(processor.process(records(first)), second_batch())
-
-    assert reads == 3  # first, second, and the first again after its write was refused
     assert await accrued(dbs, account) == Decimal("250.00")
     over = await scalar(dbs["usage_metering"], "select over_cap from meters where account_id = :a", a=account)
-    # 10 + 90 + 30 + 140 = 270: 250 billed, 20 over the cap (without the 10: 260, 10 over)
-    assert over == (Decimal("20.00") if meter_there else Decimal("10.00"))
+    assert over == Decimal("20.00")  # 10 + 90 + 30 + 140 = 270: 250 billed, 20 over the cap
+    assert await _calls_recorded(dbs, account) == 4
     await stack.wait_count(ALERTS, 1, account_id=account, type="CallingBlocked")
     thresholds = sorted(
         a["threshold_percent"] for a in stack.matching(ALERTS, account_id=account, type="CallingCreditThresholdReached")
     )
     assert thresholds == [50, 80, 100]
+    held = _memory(new).get(account, 0, NOV_1)  # the new owner holds the meter as it stands
+    assert (held.meter.billable, held.meter.over_cap, held.position) == (Decimal("250.00"), Decimal("20.00"), 4)
+    # The new owner's snapshot goes first; the old owner's, behind it, is refused and forgotten.
+    for processor in (new, stale):
+        await MeterSnapshots(_memory(processor), make_sessions(dbs["usage_metering"]), 60).write()
+    assert _memory(stale).get(account, 0, NOV_1) is None
+    assert await _as_it_stands(dbs, account) == (Decimal("250.00"), Decimal("20.00"))
+    snapshot = await scalar(
+        dbs["usage_metering"], "select through_seq from meter_snapshots where account_id = :a", a=account
+    )
+    assert snapshot == 4
 
 
 async def _shadowed(conn, table: str, rows: str) -> None:
@@ -235,36 +240,126 @@ async def test_a_batch_reads_its_accounts_by_key_not_by_scanning_them_all(dbs) -
         await session.rollback()
 
 
-async def test_a_batch_reads_and_writes_its_meters_by_key_not_by_scanning_them_all(dbs) -> None:
-    """Like the accounts: each of a batch's meters is a primary-key lookup when read and when
-    written, in the first plans and the cached one. Joined with keys unpacked from JSON, the
-    planner guessed 100 keys and hashed the whole meters table up to ~15,000 meters (1.9 ms to
-    read and 3.2 ms to write 60 meters in the benchmark's alert phase, instead of ~0.4 and ~0.6).
-    On a temporary table of 10,000 meters of the same shape, rolled back."""
+async def test_a_batch_reads_its_meters_and_writes_their_snapshots_by_key_not_by_scanning_them_all(dbs) -> None:
+    """Like the accounts: each of a batch's meters is a primary-key lookup when read (its snapshot,
+    and its calls after it by the calls key's account prefix) and each snapshot when written, in
+    the first plans and the cached one. Joined with keys unpacked from JSON, the planner guessed
+    100 keys and hashed the whole meters table up to ~15,000 meters (1.9 ms to read and 3.2 ms to
+    write 60 meters in the benchmark's alert phase, instead of ~0.4 and ~0.6). On 10,000 accounts,
+    meters and 50,000 calls, rolled back (``meters`` is a view: a temporary table cannot shadow
+    what it reads)."""
     import json
 
-    from services.usage_metering.storage import METERS_BY_KEY, SAVE_METERS_IF_UNCHANGED
+    from services.usage_metering.storage import METERS_BY_KEY, SAVE_SNAPSHOTS
     from shared.db import driver_connection, make_sessions
 
     async with make_sessions(dbs["usage_metering"])() as session:
         conn = await driver_connection(session)
-        await _shadowed(
-            conn,
-            "meters",
-            "select 'plan-' || i, date '2026-11-01', date '2026-12-01', 250.00, i % 200, 0, 0, false, 0, 3 "
-            "from generate_series(1, 10000) i",
+        await conn.execute(
+            "insert into accounts select 'plan-' || i, 1, 250.00, date '2026-11-01', date '2026-12-01', 0 "
+            "from generate_series(1, 10000) i"
         )
+        await conn.execute(
+            "insert into meter_snapshots select 'plan-' || i, date '2026-11-01', date '2026-12-01', 250.00, "
+            "i % 200, 0, 0, false, 0, 3 from generate_series(1, 10000) i"
+        )
+        await conn.execute(
+            "insert into calls select 'plan-' || (i % 10000 + 1), 'c' || i, 1, date '2026-11-01', i / 10000 + 1, 1, 0 "
+            "from generate_series(0, 49999) i"
+        )
+        await conn.execute("analyze accounts, meter_snapshots, calls")
         keys = [["plan-7", "2026-11-01"], ["plan-70", "2026-11-01"], ["plan-700", "2026-11-01"]]
-        written = [[a, s, "2026-12-01", "250.00", "1.50", "0", 0, False, "0", 4] for a, s in keys]
+        written = [[a, s, "2026-12-01", "250.00", "1.50", "0", 0, False, "0", 9] for a, s in keys]
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"set local plan_cache_mode = {mode}")
-            for statement, rows in ((METERS_BY_KEY, keys), (SAVE_METERS_IF_UNCHANGED, written)):
+            for statement, rows in ((METERS_BY_KEY, keys), (SAVE_SNAPSHOTS, written)):
                 plan = json.dumps(await conn.fetchval("explain (format json) " + statement, json.dumps(rows)))
                 assert "Seq Scan" not in plan, (mode, statement, plan)
-        assert sorted(r[0] for r in await conn.fetch(METERS_BY_KEY, json.dumps(keys))) == [k[0] for k in keys]
-        assert await conn.execute(SAVE_METERS_IF_UNCHANGED, json.dumps(written)) == "INSERT 0 3"  # at 3: now 4
-        assert await conn.execute(SAVE_METERS_IF_UNCHANGED, json.dumps(written)) == "INSERT 0 0"  # not at 3 any more
+        read = {r["account_id"]: r for r in await conn.fetch(METERS_BY_KEY, json.dumps(keys))}
+        assert sorted(read) == [k[0] for k in keys]
+        assert (read["plan-7"]["billable"], read["plan-7"]["through_seq"], read["plan-7"]["snapshot_seq"]) == (
+            Decimal(7 + 2),  # the snapshot's 7 plus its calls 4 and 5 (1 to 3 are in the snapshot)
+            5,
+            3,
+        )
+        assert len(await conn.fetch(SAVE_SNAPSHOTS, json.dumps(written))) == 3  # from 3 to 9
+        assert await conn.fetch(SAVE_SNAPSHOTS, json.dumps(written)) == []  # not forward any more
         await session.rollback()
+
+
+async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_meter_the_fold_gave(dbs) -> None:
+    """What a new owner reads after a crash or a rebalance (the view ``meters``: a snapshot plus the
+    parts of its calls after it) is exactly what the fold held: amounts, thresholds alerted, the
+    block, late usage, and how many calls it holds. Random meters with snapshots taken anywhere,
+    some after a cap change, some of a cycle already sealed (late calls); rolled back."""
+    import random
+
+    from services.usage_metering import domain
+    from services.usage_metering.storage import BITS
+    from shared.db import driver_connection, make_sessions
+
+    rng = random.Random(21)
+    expected: dict[str, tuple] = {}
+    accounts, snapshots, ledger = [], [], []
+    for case in range(200):
+        account = f"rebuilt-{uuid.uuid4().hex[:8]}-{case}"
+        late = case % 5 == 0
+        cycle_start = date(2026, 10, 1) if late else NOV_1
+        meter = domain.Meter(cap=rng.choice([Decimal("0"), Decimal("10.00"), Decimal("37.50"), Decimal("250.00")]))
+        costs = [Decimal(rng.randint(0, 60_000_000)) / 1_000_000 for _ in range(rng.randint(0, 16))]
+        at = rng.randint(0, len(costs))  # the snapshot holds calls 1 to at
+        parts: list[tuple[Decimal, Decimal]] = []
+        for index, cost in enumerate(costs):
+            if index == at and not late and rng.random() < 0.3:  # a cap change wrote the snapshot
+                meter, _ = domain.change_cap(meter, rng.choice([Decimal("5.00"), Decimal("40.00"), Decimal("300.00")]))
+            if index == at:
+                snapshot = meter
+            if late:
+                meter, [part] = domain.accrue_late_calls(meter, [cost])
+            else:
+                meter, [part], _ = domain.accrue_calls(meter, [cost])
+            parts.append(part)
+        if at == len(costs):
+            snapshot = meter
+        accounts.append((account, 1, Decimal("250.00"), NOV_1, date(2026, 12, 1), 0))
+        snapshots.append(
+            (
+                account,
+                cycle_start,
+                date(cycle_start.year, cycle_start.month + 1, 1),
+                snapshot.cap,
+                snapshot.billable,
+                snapshot.over_cap,
+                sum(BITS[p] for p in snapshot.alerted),
+                snapshot.blocked,
+                snapshot.late_unbilled,
+                at,
+            )
+        )
+        for seq, (cost, (billable, over)) in enumerate(zip(costs, parts, strict=True), start=1):
+            ledger.append((account, f"c{seq}", cost, cycle_start, seq, billable, over))
+        bits = sum(BITS[p] for p in meter.alerted)
+        expected[account] = (meter.billable, meter.over_cap, bits, meter.blocked, meter.late_unbilled, len(costs))
+
+    async with make_sessions(dbs["usage_metering"])() as session:
+        conn = await driver_connection(session)
+        await conn.copy_records_to_table("accounts", records=accounts)
+        await conn.copy_records_to_table("meter_snapshots", records=snapshots)
+        await conn.copy_records_to_table(
+            "calls",
+            records=ledger,
+            columns=("account_id", "call_id", "cost", "cycle_start", "seq", "billable", "over_cap"),
+        )
+        rebuilt = {
+            r["account_id"]: tuple(r)[1:]
+            for r in await conn.fetch(
+                "select account_id, billable, over_cap, alerted, blocked, late_unbilled, through_seq from meters "
+                "where account_id = any($1::text[])",
+                list(expected),
+            )
+        }
+        await session.rollback()
+    assert rebuilt == expected
 
 
 async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_collector(stack: Bus, dbs) -> None:
@@ -316,12 +411,13 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
 
 
 def _metering(recent_calls: int):
-    """A metering batch processor on the real database, its own record of recent calls."""
+    """A metering batch processor on the real database, like a process of its own: its own record
+    of recent calls and its own meters in memory."""
     from functools import partial
 
     from services.usage_metering import handlers
     from services.usage_metering.settings import Settings
-    from services.usage_metering.storage import MeterStore, RecentCalls
+    from services.usage_metering.storage import MeterMemory, MeterStore, RecentCalls
     from shared.db import make_sessions
     from shared.runtime import BatchProcessor
 
@@ -330,11 +426,25 @@ def _metering(recent_calls: int):
             "usage-metering",
             make_sessions(dbs["usage_metering"]),
             handlers.registry,
-            store=partial(MeterStore, recent_calls=RecentCalls(recent_calls)),
+            store=partial(MeterStore, recent_calls=RecentCalls(recent_calls), memory=MeterMemory()),
             settings=Settings(),
         )
 
     return build
+
+
+def _memory(processor):
+    return processor.store.keywords["memory"]
+
+
+async def _as_it_stands(dbs, account: str) -> tuple[Decimal, Decimal]:
+    """The open cycle's (billable, over cap) as the view ``meters`` gives it: its snapshot plus its calls after it."""
+    row = await support.rows(
+        dbs["usage_metering"],
+        "select billable, over_cap from meters where account_id = :a and cycle_start = '2026-11-01'",
+        a=account,
+    )
+    return row[0][0], row[0][1]
 
 
 def _records(account: str, calls: list[m.CallCharged]):
@@ -380,21 +490,24 @@ async def test_a_replay_by_a_fresh_worker_leaves_the_accrual_unchanged(stack: Bu
 
 
 async def test_calls_of_a_batch_that_was_rolled_back_and_retried_are_charged(stack: Bus, dbs, monkeypatch) -> None:
-    """Only committed calls enter the record of recent calls: a batch retried after a conflict
-    would otherwise find its own calls there and charge none of them."""
+    """Only committed calls enter the record of recent calls, and only a committed batch's meters
+    enter memory: a batch retried after a failure would otherwise find its own calls there and
+    charge none of them, or fold them twice."""
     from services.usage_metering.storage import MeterStore
     from shared.runtime import ConcurrentUpdate
 
     account = await open_account(stack)
-    original, refused = MeterStore.save_meters_if_unchanged, list[bool]()
+    original, refused = MeterStore.create_meters, list[bool]()
 
-    async def refuse_once(self: MeterStore, changed) -> None:
+    async def refuse_once(self: MeterStore, new) -> None:
         if not refused:
             refused.append(True)
-            raise ConcurrentUpdate("a meter changed meanwhile")
-        await original(self, changed)
+            raise ConcurrentUpdate("the transaction failed after the calls were written")
+        await original(self, new)
 
-    monkeypatch.setattr(MeterStore, "save_meters_if_unchanged", refuse_once)
-    await _metering(recent_calls=1000)(dbs).process(_records(account, [call(account, "4.00"), call(account, "5.00")]))
+    monkeypatch.setattr(MeterStore, "create_meters", refuse_once)
+    processor = _metering(recent_calls=1000)(dbs)
+    await processor.process(_records(account, [call(account, "4.00"), call(account, "5.00")]))
     assert refused and await accrued(dbs, account) == Decimal("9.00")
     assert await _calls_recorded(dbs, account) == 2
+    assert _memory(processor).get(account, 0, NOV_1).meter.billable == Decimal("9.00")

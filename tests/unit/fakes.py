@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,6 @@ from services.usage_metering import storage as metering_storage
 from services.usage_metering.domain import Meter
 from shared.cycles import Cycle
 from shared.runtime.seals import SealKey
-from shared.runtime.transient import ConcurrentUpdate
 
 
 @dataclass
@@ -262,7 +261,8 @@ class FakeMeterStore:
         self.seals = FakeSealLedger()
         self.accounts_by_id: dict[str, metering_storage.Account] = {}
         self.calls: set[tuple[str, str]] = set()
-        self.stored: dict[tuple[str, date], tuple[date, Meter, int]] = {}  # -> (cycle end, meter, version)
+        self.ledger: list[metering_storage.Call] = []  # the calls as recorded, with their places and parts
+        self.stored: dict[tuple[str, date], tuple[date, Meter, int]] = {}  # -> (cycle end, meter, position)
 
     async def share_metering(self) -> None:
         pass
@@ -278,28 +278,55 @@ class FakeMeterStore:
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         account = self.accounts_by_id[account_id]
-        self.accounts_by_id[account_id] = metering_storage.Account(
-            account_id, account.billing_day, cap, account.open_cycle
-        )
+        self.accounts_by_id[account_id] = replace(account, cap=cap, meter_epoch=account.meter_epoch + 1)
 
-    async def claim_calls(self, rows: list[tuple[str, str, Decimal, date]]) -> list[int]:
-        repeats = []
-        for index, (account_id, call_id, _, _) in enumerate(rows):
-            if (account_id, call_id) in self.calls:
-                repeats.append(index)
-            self.calls.add((account_id, call_id))
-        return repeats
+    def charged_lately(self, account_id: str, call_id: str) -> bool:
+        return False
 
-    async def versioned_meters(self, keys: Iterable[tuple[str, date]]) -> dict[tuple[str, date], tuple[Meter, int]]:
-        return {key: (self.stored[key][1], self.stored[key][2]) for key in keys if key in self.stored}
+    async def recorded_before(
+        self, calls: list[tuple[m.CallCharged, Cycle]], accounts: dict[str, metering_storage.Account], in_memory: bool
+    ) -> set[tuple[str, str]]:
+        return {(call.account_id, call.call_id) for call, _ in calls if (call.account_id, call.call_id) in self.calls}
 
-    async def save_meters_if_unchanged(self, changed: dict[tuple[str, Cycle], tuple[Meter, int | None]]) -> None:
-        for (account_id, cycle), (_, version) in changed.items():
-            now = self.stored.get((account_id, cycle.start))
-            if (now[2] if now else None) != version:
-                raise ConcurrentUpdate(f"the meter of {account_id} {cycle.start} changed")
-        for (account_id, cycle), (meter, version) in changed.items():
-            self.stored[(account_id, cycle.start)] = (cycle.end, meter, 0 if version is None else version + 1)
+    async def meters_to_fold(
+        self, wanted: list[tuple[metering_storage.Account, Cycle]], stale: set[str], in_memory: bool
+    ) -> dict[tuple[str, date], metering_storage.Tracked]:
+        found = {}
+        for account, cycle in wanted:
+            key = (account.account_id, cycle.start)
+            if key in self.stored:
+                end, meter, position = self.stored[key]
+                found[key] = metering_storage.Tracked(meter, Cycle(cycle.start, end), position, position)
+            else:
+                found[key] = metering_storage.Tracked(Meter(cap=account.cap), cycle, 0, -1)
+        return found
+
+    async def record_calls(self, rows: list[metering_storage.Call]) -> set[tuple[str, str]]:
+        found = {(row[0], row[1]) for row in rows if (row[0], row[1]) in self.calls}
+        if not found:
+            self.calls.update((row[0], row[1]) for row in rows)
+            self.ledger.extend(rows)
+        return found
+
+    async def create_meters(self, new: list[tuple[str, metering_storage.Tracked]]) -> None:
+        for account_id, tracked in new:
+            self.stored.setdefault(
+                (account_id, tracked.cycle.start), (tracked.cycle.end, Meter(cap=tracked.meter.cap), 0)
+            )
+
+    def remember(
+        self,
+        states: dict[tuple[str, date], metering_storage.Tracked],
+        epochs: dict[str, int],
+        charged: list[metering_storage.Call],
+        stale: set[str],
+        in_memory: bool,
+    ) -> None:
+        for key, tracked in states.items():  # no transaction to wait for
+            self.stored[key] = (tracked.cycle.end, tracked.meter, tracked.position)
+
+    async def save_snapshots(self, meters: list[tuple[str, metering_storage.Tracked]]) -> set[tuple[str, date]]:
+        return {(account_id, tracked.cycle.start) for account_id, tracked in meters}
 
     async def meters(self, keys: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Meter]:
         return {key: self.stored[key][1] for key in keys if key in self.stored}
@@ -307,7 +334,7 @@ class FakeMeterStore:
     async def save_meters(self, changed: dict[tuple[str, Cycle], Meter]) -> None:
         for (account_id, cycle), meter in changed.items():
             now = self.stored.get((account_id, cycle.start))
-            self.stored[(account_id, cycle.start)] = (cycle.end, meter, now[2] + 1 if now else 0)
+            self.stored[(account_id, cycle.start)] = (cycle.end, meter, now[2] if now else 0)
 
     async def late_meters_many(self, before: list[tuple[str, date]]) -> dict[str, list[tuple[Cycle, Meter]]]:
         found: dict[str, list[tuple[Cycle, Meter]]] = {}
@@ -320,9 +347,7 @@ class FakeMeterStore:
     async def move_open_cycles(self, moves: list[tuple[str, Cycle]]) -> None:
         for account_id, cycle in moves:
             account = self.accounts_by_id[account_id]
-            self.accounts_by_id[account_id] = metering_storage.Account(
-                account_id, account.billing_day, account.cap, cycle
-            )
+            self.accounts_by_id[account_id] = replace(account, open_cycle=cycle, meter_epoch=account.meter_epoch + 1)
 
     def meter(self, account_id: str, cycle_start: date) -> Meter:
         return self.stored[(account_id, cycle_start)][1]

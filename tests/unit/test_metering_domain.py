@@ -348,3 +348,32 @@ def test_a_batch_that_crosses_every_threshold_names_the_call_that_crossed_each()
         (3, "blocked", None, CAP),
     ]
     assert (meter.billable, meter.over_cap) == (CAP, Decimal("5.00"))
+
+
+@settings(max_examples=400)
+@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
+def test_the_parts_of_each_call_add_up_to_the_meter_the_batch_accrues(meter, costs):
+    """accrue_calls is accrue_many with each call split in its billable and over-cap parts, which
+    the ledger keeps: the snapshot plus the parts is the folded meter."""
+    folded, alerts = domain.accrue_many(meter, costs)
+
+    with_parts, parts, alerts_too = domain.accrue_calls(meter, costs)
+
+    assert (with_parts, alerts_too) == (folded, alerts)
+    assert [billable + over for billable, over in parts] == costs
+    assert meter.billable + sum((b for b, _ in parts), Decimal(0)) == folded.billable
+    assert meter.over_cap + sum((o for _, o in parts), Decimal(0)) == folded.over_cap
+
+
+@settings(max_examples=200)
+@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
+def test_late_calls_split_as_accrue_late_does(meter, costs):
+    expected = meter
+    for cost in costs:
+        expected = domain.accrue_late(expected, cost)
+
+    folded, parts = domain.accrue_late_calls(meter, costs)
+
+    assert folded == expected
+    assert [billable + over for billable, over in parts] == costs
+    assert meter.late_unbilled + sum((b for b, _ in parts), Decimal(0)) == folded.late_unbilled
