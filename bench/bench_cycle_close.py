@@ -42,6 +42,7 @@ from bench.common import (
     begin,
     call_json,
     check_contract,
+    command_headers,
     connect,
     count_between,
     money_text,
@@ -204,9 +205,9 @@ class Invoices:
 
 async def send_triggers(kafka: AIOKafkaProducer, triggers: list[m.CloseBillingCycles]) -> None:
     for command in triggers:
-        await kafka.send_and_wait(
-            BILLING_COMMANDS.name, command.model_dump_json().encode(), key=command.account_id.encode()
-        )
+        key, value = command.account_id.encode(), command.model_dump_json().encode()
+        headers = command_headers(BILLING_COMMANDS.name, key, value)
+        await kafka.send_and_wait(BILLING_COMMANDS.name, value, key=key, headers=headers)
 
 
 # ------------------------------------------------------------------------------------------ phases

@@ -48,6 +48,7 @@ from bench.common import (
     add_stack_arguments,
     begin,
     check_contract,
+    command_headers,
     connect,
     count_between,
     latency_line,
@@ -228,8 +229,10 @@ class Results:
         return sum(1 for i in ids if i not in self.arrived)
 
 
-def encode(commands: Sequence[m.Command]) -> list[tuple[bytes, bytes]]:
-    return [(c.account_id.encode(), c.model_dump_json().encode()) for c in commands]
+def encode(commands: Sequence[m.Command]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    """Key, value and signature headers, made before anything is timed."""
+    records = [(c.account_id.encode(), c.model_dump_json().encode()) for c in commands]
+    return [(key, value, command_headers(COMMANDS, key, value)) for key, value in records]
 
 
 # ------------------------------------------------------------------------------------------ phases
@@ -330,10 +333,11 @@ async def open_loop_at_rate(bench: Bench, args: argparse.Namespace, results: Res
     mix.counts.clear()
     commands = [mix.next() for _ in range(total)]
     partition_of = KeyPartitioner(LICENSING_COMMANDS.partitions)
-    items: list[tuple[float, str, int, bytes, bytes]] = []
+    items: list[tuple[float, str, int, bytes, bytes, list[tuple[str, bytes]]]] = []
     for i, command in enumerate(commands):
         key = command.account_id.encode()
-        items.append((i / args.rate, COMMANDS, partition_of(key), key, command.model_dump_json().encode()))
+        value = command.model_dump_json().encode()
+        items.append((i / args.rate, COMMANDS, partition_of(key), key, value, command_headers(COMMANDS, key, value)))
     intended = {str(c.message_id): i / args.rate for i, c in enumerate(commands)}
     clock = [0.0]
     results.watch_commands = True

@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
-from contracts.topics import PLATFORM_ACCOUNTS
+from contracts.topics import COMMAND_TOPICS, PLATFORM_ACCOUNTS
 from deploy.credentials import env_for
 from shared.db import postgres_dsn
 
@@ -476,23 +476,46 @@ def producer(stack: Stack, linger_ms: int = 20) -> AIOKafkaProducer:
     )
 
 
+# (offset_s, topic, partition, key, value[, headers]): a command without headers is signed when sent.
+OpenLoopItem = tuple[float, str, int, bytes, bytes] | tuple[float, str, int, bytes, bytes, list[tuple[str, bytes]]]
+
+
+def command_headers(topic: str, key: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    """What a client adds to a command (contracts/signing.md): the signature of the client whose key
+    may claim its role, as deploy/client.py's Bus does; nothing on other topics. About 0.1 ms a
+    command: a run signs its commands before it starts timing."""
+    if topic not in COMMAND_TOPICS:
+        return []
+    from contracts.access import sender_of
+    from deploy.signing import signer_for
+
+    role = json.loads(value)["actor"]["role"]
+    return signer_for(sender_of(topic, role).name).headers(topic, key, value)
+
+
 async def produce_batched(
-    producer: AIOKafkaProducer, topic: str, partitions: int, records: Iterable[tuple[bytes, bytes]]
+    producer: AIOKafkaProducer,
+    topic: str,
+    partitions: int,
+    records: Iterable[tuple[bytes, bytes] | tuple[bytes, bytes, list[tuple[str, bytes]]]],
 ) -> int:
-    """Send (key, value) records in full per-partition batches without awaiting each; returns the count."""
+    """Send (key, value[, headers]) records in full per-partition batches without awaiting each;
+    returns the count. A command without its headers is signed here."""
     partition_of = KeyPartitioner(partitions)
     builders: dict[int, Any] = {}
     pending: list[asyncio.Future[Any]] = []
     count = 0
-    for key, value in records:
+    for record in records:
+        key, value = record[0], record[1]
+        headers = record[2] if len(record) > 2 else command_headers(topic, key, value)
         p = partition_of(key)
         builder = builders.get(p)
         if builder is None:
             builder = builders[p] = producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
             pending.append(await producer.send_batch(builder, topic, partition=p))
             builder = builders[p] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch")
         count += 1
         if len(pending) > 200:  # bound what is in flight
@@ -775,7 +798,7 @@ class OpenLoopResult:
 
 async def open_loop(
     producer: AIOKafkaProducer,
-    items: Sequence[tuple[float, str, int, bytes, bytes]],
+    items: Sequence[OpenLoopItem],
     clock: list[float],
     lead: float = 0.5,
     batch_every: float = 0.0,
@@ -823,7 +846,7 @@ def quiet_gc() -> Iterator[None]:
 
 async def _open_loop(
     producer: AIOKafkaProducer,
-    items: Sequence[tuple[float, str, int, bytes, bytes]],
+    items: Sequence[OpenLoopItem],
     start: float,
     result: OpenLoopResult,
     futures: list[asyncio.Future[Any]],
@@ -837,8 +860,10 @@ async def _open_loop(
             await asyncio.sleep(due - elapsed)
             continue
         while i < n and items[i][0] <= now() - start:
-            offset, topic, partition, key, value = items[i]
-            futures.append(await producer.send(topic, value, key=key, partition=partition))
+            item = items[i]
+            offset, topic, partition, key, value = item[:5]
+            headers = item[5] if len(item) > 5 else command_headers(topic, key, value)
+            futures.append(await producer.send(topic, value, key=key, partition=partition, headers=headers))
             result.send_lag.append(now() - start - offset)
             i += 1
         _settle(futures, result)
@@ -854,7 +879,7 @@ def _settle(futures: list[asyncio.Future[Any]], result: OpenLoopResult, keep: in
 
 async def _open_loop_batched(
     producer: AIOKafkaProducer,
-    items: Sequence[tuple[float, str, int, bytes, bytes]],
+    items: Sequence[OpenLoopItem],
     start: float,
     every: float,
     result: OpenLoopResult,
@@ -872,14 +897,16 @@ async def _open_loop_batched(
         while j < n and items[j][0] <= due_until:
             j += 1
         batches: dict[tuple[str, int], Any] = {}
-        for _offset, topic, partition, key, value in items[i:j]:
+        for item in items[i:j]:
+            _offset, topic, partition, key, value = item[:5]
+            headers = item[5] if len(item) > 5 else command_headers(topic, key, value)
             batch = batches.get((topic, partition))
             if batch is None:
                 batch = batches[(topic, partition)] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: another
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = batches[(topic, partition)] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
         for (topic, partition), batch in batches.items():
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         sent_at = now() - start

@@ -42,7 +42,10 @@ async def close_cycles(
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **settings.kafka_options())
     await producer.start()
     try:
-        await producer.send_and_wait(BILLING_COMMANDS.name, command.model_dump_json().encode(), key=scope.encode())
+        value, key = command.model_dump_json().encode(), scope.encode()
+        signer = settings.signer()  # its principal's key (BILLING_SIGNING_KEY_FILE); unsigned, it is refused
+        headers = signer.headers(BILLING_COMMANDS.name, key, value) if signer else []
+        await producer.send_and_wait(BILLING_COMMANDS.name, value, key=key, headers=headers)
     finally:
         await producer.stop()
     if not as_json:

@@ -216,6 +216,7 @@ def replay(
     one); nothing is re-driven by itself, so a message that keeps failing cannot loop.
     """
     from billing_cli.settings import CliSettings
+    from contracts.topics import COMMAND_TOPICS
 
     if bool(refs) == bool(topic):
         fail("name the dead letters (REF ...) or give --topic, not both", code=2)
@@ -239,6 +240,10 @@ def replay(
 
         async def publish(letter: DeadLetter, value: bytes) -> tuple[int, int]:
             headers = [("billing-redrive-of", letter.ref.encode()), ("billing-redriven-by", by.encode())]
+            if letter.topic in COMMAND_TOPICS and (signer := settings.signer()) is not None:
+                # A re-driven command is the operator's: signed with its key, it is believed only for
+                # a role that key may claim (contracts/signing.md).
+                headers += signer.headers(letter.topic, _record_key(value), value)
             sent = await producer.send_and_wait(letter.topic, value, key=_record_key(value), headers=headers)
             return sent.partition, sent.offset
 

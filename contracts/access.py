@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from contracts.topics import BY_NAME, TOPICS
+from contracts.topics import BY_NAME, COMMAND_TOPICS, TOPICS
 
 Kind = Literal["service", "client", "operator", "admin"]
 
@@ -37,7 +37,15 @@ def _service(name: str, description: str) -> Principal:
 
 LICENSE_ORDERS = _service("license-orders", "The license orders service.")
 USAGE_METERING = _service("usage-metering", "The usage metering service.")
-CYCLE_CLOSE = _service("cycle-close", "The cycle close service.")
+CYCLE_CLOSE = Principal(
+    "cycle-close",
+    "service",
+    "The cycle close service.",
+    database="cycle_close",
+    # It re-sends a trigger's continuation to billing.commands with the trigger's actor; only cycle
+    # close itself trusts its key (trusted_keys).
+    claims=("service", "operator"),
+)
 ALERT_BOARD = _service("alert-board", "The alert board: a view of alerts and closed cycles for operations.")
 ACCOUNT_SERVICE = Principal("account-service", "client", "The platform's account service.")
 ADMIN_UI = Principal(
@@ -142,6 +150,16 @@ def sender_of(topic: str, role: str | None) -> Principal:
     """Who sends a command claiming ``role`` on ``topic``: the first writer that may claim it (else
     the topic's first writer, whose claim the services then refuse)."""
     return next((p for p in ACCESS[topic].writers if role in p.claims), writer_of(topic))
+
+
+def trusted_keys(service: Principal) -> dict[str, tuple[str, ...]]:
+    """The keys a service trusts, with the roles each may claim: the writers of the command topics
+    it reads that sign commands (key id = principal name)."""
+    trusted: dict[str, tuple[str, ...]] = {}
+    for topic in TOPICS:
+        if topic.name in COMMAND_TOPICS and service in ACCESS[topic.name].readers:
+            trusted |= {p.name: p.claims for p in ACCESS[topic.name].writers if p.claims}
+    return trusted
 
 
 def reader_of(topic: str) -> Principal:

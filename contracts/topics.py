@@ -121,6 +121,8 @@ TOPICS: tuple[Topic, ...] = (
     BILLING_CYCLES,
 )
 BY_NAME = {topic.name: topic for topic in TOPICS}
+COMMAND_TOPICS = frozenset(t.name for t in TOPICS if t.rejections_to is not None)
+"""Topics that carry commands (their rejections go elsewhere): the records on them are signed."""
 DLQ_PARTITIONS = 3
 
 

@@ -4,6 +4,8 @@ Used by the demo, the benchmarks and the tests (it is not part of any service). 
 external client at once, each as its own principal (``contracts.access``): a topic is sent as the
 first writer the contract names (``platform.accounts`` as the account service, ...) and read as its
 first reader that is not a service, with the stack's credentials (``deploy.credentials``).
+Every record it sends to a command topic is signed with that principal's key
+(``contracts/signing.md``), unless told not to.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts.access import reader_of, sender_of
 from contracts.envelope import Envelope
+from contracts.topics import COMMAND_TOPICS
 from deploy.credentials import kafka_options
+from deploy.signing import signer_for
 
 BOOTSTRAP = os.environ.get("BILLING_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
@@ -102,9 +106,16 @@ class Bus:
             await producer.stop()
 
     async def send(
-        self, topic: str, message: Envelope | bytes, key: str | None = None, as_principal: str | None = None
+        self,
+        topic: str,
+        message: Envelope | bytes,
+        key: str | None = None,
+        as_principal: str | None = None,
+        signed_as: str | None = None,
+        signed: bool = True,
     ) -> None:
-        """Send as the topic's writer whose commands may claim the message's role (or ``as_principal``)."""
+        """Send as the topic's writer whose key may claim the message's role (or ``as_principal``);
+        on a command topic signed with that principal's key (or ``signed_as``'s; none if not ``signed``)."""
         if isinstance(message, Envelope):
             value = message.model_dump_json().encode()
             key = key or message.account_id
@@ -113,8 +124,18 @@ class Bus:
         else:
             value = message
             principal = as_principal or self._writer(topic)
-        producer = await self.producer(principal)
-        await producer.send_and_wait(topic, value, key=key.encode() if key else None)
+        key_bytes = key.encode() if key else None
+        headers: list[tuple[str, bytes]] = []
+        if signed and topic in COMMAND_TOPICS:
+            headers = signer_for(signed_as or principal).headers(topic, key_bytes, value)
+        await self.send_record(topic, key_bytes, value, headers, as_principal=principal)
+
+    async def send_record(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], as_principal: str
+    ) -> None:
+        """One record exactly as given (headers included), as ``as_principal``."""
+        producer = await self.producer(as_principal)
+        await producer.send_and_wait(topic, value, key=key, headers=headers)
 
     def matching(self, topic: str | None = None, **fields: Any) -> list[dict[str, Any]]:
         return [

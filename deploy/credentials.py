@@ -4,7 +4,9 @@ The stack keeps one generated password per principal in ``$STACK_DIR/secrets`` (
 the directory mode 700, each file 600): ``kafka-<principal>`` for Kafka's SCRAM users (every
 principal of ``contracts.access``, plus ``stack``, the broker's own super user, and
 ``controller``), ``pg-<role>`` for PostgreSQL's login roles (one per service, plus the
-``postgres`` superuser), and ``kafka.protocol`` (``SASL_PLAINTEXT``, or ``SASL_SSL`` when the
+``postgres`` superuser), ``signing-<principal>.pem`` (the Ed25519 key of each principal that
+signs commands) with ``trusted-keys-<service>.json`` (the public keys each service trusts and
+the roles each may claim, from ``contracts.access.trusted_keys``), and ``kafka.protocol`` (``SASL_PLAINTEXT``, or ``SASL_SSL`` when the
 stack runs TLS with its own CA in ``$STACK_DIR/tls``). ``deploy/stack.sh`` creates them
 (``python -m deploy.credentials ensure``).
 
@@ -14,9 +16,10 @@ A process gets its principal's settings as ``BILLING_*`` variables:
   ``kafka_options("telephony")`` (keyword arguments for an aiokafka client);
 - from a shell, ``python -m deploy.credentials run license-orders -- python -m services.license_orders``.
 
-A service's variables carry its database role too; the operator's (the ``billing`` CLI) carry
-every service's role as ``BILLING_<SERVICE>_DATABASE_USER`` / ``_PASSWORD``, which each service's
-settings prefer: the CLI reads each service's database as that service. A new process plugs in by adding its
+A service's variables carry its database role and its trusted keys too; a principal that signs
+commands gets its signing key (``BILLING_SIGNING_KEY_FILE``, ``BILLING_SIGNING_KEY_ID``); the
+operator's (the ``billing`` CLI) carry every service's role as ``BILLING_<SERVICE>_DATABASE_USER``
+/ ``_PASSWORD``, which each service's settings prefer. A new process plugs in by adding its
 principal to ``contracts/access.py``; the stack creates its password and ACLs at the next ``up``
 (``python -m deploy.provision``).
 """
@@ -31,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from contracts.access import BY_PRINCIPAL, OPERATOR, PRINCIPALS, SERVICES
+from contracts.access import BY_PRINCIPAL, OPERATOR, PRINCIPALS, SERVICES, trusted_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_PRINCIPAL = "stack"
@@ -66,9 +69,48 @@ def ensure(directory: Path | None = None) -> None:
     for name in names:
         path = directory / name
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(24))
+            _write_new(path, secrets.token_urlsafe(24).encode())
+    _ensure_signing_keys(directory)
+
+
+def _write_new(path: Path, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
+
+
+def _ensure_signing_keys(directory: Path) -> None:
+    """An Ed25519 key per principal that signs commands; each service's trusted public keys."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public: dict[str, str] = {}
+    for principal in (p for p in PRINCIPALS if p.claims):
+        path = directory / f"signing-{principal.name}.pem"
+        if not path.exists():
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            _write_new(path, pem)
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        public[principal.name] = base64.b64encode(raw).decode()
+    for service in SERVICES:
+        keys = {kid: {"public_key": public[kid], "roles": list(roles)} for kid, roles in trusted_keys(service).items()}
+        path = directory / f"trusted-keys-{service.name}.json"
+        path.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
+        path.chmod(0o644)
+
+
+def signing_key_file(principal: str) -> Path:
+    return secrets_dir() / f"signing-{principal}.pem"
+
+
+def trusted_keys_file(service: str) -> Path:
+    return secrets_dir() / f"trusted-keys-{service}.json"
 
 
 def _read(name: str) -> str:
@@ -109,10 +151,14 @@ def env_for(principal: str) -> dict[str, str]:
     }
     if cafile := ca_file():
         env["BILLING_KAFKA_SSL_CAFILE"] = cafile
-    database = BY_PRINCIPAL[principal].database if principal in BY_PRINCIPAL else None
-    if database:
-        env["BILLING_DATABASE_USER"] = database
-        env["BILLING_DATABASE_PASSWORD"] = pg_password(database)
+    known = BY_PRINCIPAL.get(principal)
+    if known is not None and known.database:
+        env["BILLING_DATABASE_USER"] = known.database
+        env["BILLING_DATABASE_PASSWORD"] = pg_password(known.database)
+        env["BILLING_TRUSTED_KEYS_FILE"] = str(trusted_keys_file(principal))
+    if known is not None and known.claims:
+        env["BILLING_SIGNING_KEY_FILE"] = str(signing_key_file(principal))
+        env["BILLING_SIGNING_KEY_ID"] = principal
     if principal == OPERATOR.name:  # the billing CLI reads each service's database as that service
         for service in SERVICES:
             if service.database:

@@ -273,10 +273,17 @@ format_kafka_storage() {
     touch "$KAFKA_SECURED_MARKER"
 }
 
-# SCRAM users and ACLs of every principal, from contracts/access.py (as the stack's super user).
+# SCRAM users and ACLs of every principal, from contracts/access.py (as the stack's super user). Skipped
+# when this storage already has them from the same registry and passwords (a restart: the fault tests
+# stop and start the broker many times, and a Python start costs seconds on a busy machine).
+access_stamp() { cat "$REPO/contracts/access.py" "$REPO/contracts/topics.py" "$REPO/deploy/provision.py" "$SECRETS"/kafka-* | sha256sum | cut -c1-16; }
 kafka_grant_access() {
+    local stamp
+    stamp="$(access_stamp)"
+    [[ "$(cat "$KAFKA_DATA/.access-granted" 2>/dev/null)" == "$stamp" ]] && return 0
     (cd "$REPO" && STACK_DIR="$STACK_DIR" BILLING_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" \
         "$PY" -m deploy.provision --access-only) || die "could not create the Kafka users and ACLs"
+    printf '%s\n' "$stamp" >"$KAFKA_DATA/.access-granted"
 }
 
 # Pid of our broker, or empty. Checks the command line so a recycled pid is never mistaken for it; falls

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.db import postgres_dsn
+from shared.runtime.authentication import Signer, TrustedKeys
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "billing"}
 
@@ -27,6 +29,12 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
+    # Commands are believed only when signed by a key of this registry, claiming a role that key may
+    # claim (shared/runtime/authentication.py); without one, every command is refused.
+    trusted_keys_file: str | None = None
+    # What this process signs the commands it sends with (the cycle-close continuations, its CLI).
+    signing_key_file: str | None = None
+    signing_key_id: str | None = None
     # A consumer learns of a rebalance (a replica joins or leaves) at its next heartbeat, and the
     # whole group stops until every member has rejoined: 1 s instead of aiokafka's 3 s shortens
     # each such pause (a worker's start-up is several joins). The session timeout stays 10 s.
@@ -101,6 +109,8 @@ class ServiceSettings(BaseSettings):
                     "production needs Kafka authentication: BILLING_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or "
                     "SASL_PLAINTEXT), BILLING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
                 )
+            if not self.trusted_keys_file:
+                raise ValueError("production needs BILLING_TRUSTED_KEYS_FILE: whose signed commands to believe")
             secrets = [self.database_password] if self.uses_database else []
             if self.kafka_sasl_password is not None:
                 secrets.append(self.kafka_sasl_password)
@@ -108,6 +118,15 @@ class ServiceSettings(BaseSettings):
                 if secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
                     raise ValueError("a placeholder secret is refused outside development; set a real one")
         return self
+
+    def trusted_keys(self) -> TrustedKeys:
+        """The registry of keys this service believes; none configured: it believes no command."""
+        return TrustedKeys.from_file(self.trusted_keys_file) if self.trusted_keys_file else TrustedKeys({})
+
+    def signer(self) -> Signer | None:
+        if not (self.signing_key_file and self.signing_key_id):
+            return None
+        return Signer.from_pem(self.signing_key_id, Path(self.signing_key_file).read_bytes())
 
     def kafka_options(self) -> dict[str, Any]:
         """Connection options for aiokafka / FastStream, security included."""

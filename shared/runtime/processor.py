@@ -28,6 +28,7 @@ from contracts.envelope import Envelope
 from contracts.messages import CommandRejected
 from contracts.topics import BY_NAME
 from shared.rejections import Rejected
+from shared.runtime.authentication import TrustedKeys, command_refusal
 from shared.runtime.codec import KafkaRecord, Unreadable, describe, list_decoder, parse_model, read_envelope
 from shared.runtime.crash_points import CrashPoints
 from shared.runtime.dead_letters import record_context, record_dead_letters
@@ -56,8 +57,12 @@ class BatchProcessor:
         store: StoreFactory | None = None,
         settings: Any = None,
         metrics: BatchMetrics | None = None,
+        trusted_keys: TrustedKeys | None = None,
     ) -> None:
+        """``trusted_keys``: whose signed commands to believe (the worker always gives it; ``None``
+        only for tests of the runtime itself)."""
         self.service = service
+        self.trusted_keys = trusted_keys
         self.sessions = sessions
         self.registry = registry
         self.store = store
@@ -151,6 +156,9 @@ class BatchProcessor:
                 new_ids.discard(envelope.message_id)
                 message = parsed or self._parse(unit, record, envelope, dead)
                 if message is None:
+                    continue
+                if (refusal := command_refusal(self.trusted_keys, record, message)) is not None:
+                    self._reject(unit, record, message, "not_authorized", refusal, dead)
                     continue
                 if message.type in self.registry.batch:
                     batched.setdefault(message.type, []).append(message)

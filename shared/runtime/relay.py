@@ -25,7 +25,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
+from contracts.topics import COMMAND_TOPICS
 from shared.runtime import metrics
+from shared.runtime.authentication import Signer
 from shared.runtime.tables import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,11 @@ class OutboxRelay:
         batch_size: int = 2000,
         poll_interval_s: float = 0.05,
         measured: bool = False,
+        signer: Signer | None = None,
     ) -> None:
+        """``signer``: signs what the service sends to a command topic (a cycle-close continuation)."""
         self.service = service
+        self.signer = signer
         self.dsn = dsn
         self.kafka_options = kafka_options
         self.producer: AIOKafkaProducer | None = None
@@ -210,6 +215,7 @@ class OutboxRelay:
         for row in rows:
             _id, topic, key, payload = row
             key_bytes = key.encode() if key else None
+            headers = self.signer.headers(topic, key_bytes, payload) if self.signer and topic in COMMAND_TOPICS else []
             if topic not in partitions:
                 try:
                     partitions[topic] = sorted(await producer.partitions_for(topic))
@@ -224,7 +230,8 @@ class OutboxRelay:
                 if slot in open_batches:
                     await flush(slot)  # the partition's earlier rows leave first
                 try:
-                    pending.append(([row], await producer.send(topic, value=payload, key=key_bytes, partition=slot[1])))
+                    sent = await producer.send(topic, value=payload, key=key_bytes, partition=slot[1], headers=headers)
+                    pending.append(([row], sent))
                 except NEVER_DELIVERABLE as refused:
                     failed.append((row, refused))
                 continue
@@ -232,7 +239,7 @@ class OutboxRelay:
                 if slot not in open_batches:
                     open_batches[slot] = (producer.create_batch(), [])
                 batch, batch_rows = open_batches[slot]
-                if batch.append(key=key_bytes, value=payload, timestamp=None) is not None:
+                if batch.append(key=key_bytes, value=payload, timestamp=None, headers=headers) is not None:
                     batch_rows.append(row)
                     break
                 await flush(slot)  # full: send it, then start the next batch of this partition

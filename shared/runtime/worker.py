@@ -183,6 +183,7 @@ def build_worker(
         batch_size=settings.relay_batch_size,
         poll_interval_s=settings.relay_poll_interval_s,
         measured=metrics.enabled,
+        signer=settings.signer(),
     )
     retention = Retention(
         service,
@@ -199,6 +200,7 @@ def build_worker(
         store=store,
         settings=settings,
         metrics=metrics.BatchMetrics(t for s in subscriptions for t in s.topics) if metrics.enabled else None,
+        trusted_keys=settings.trusted_keys(),
     )
     probes = metrics.Probes(service, engine)
     listener = (
@@ -206,6 +208,8 @@ def build_worker(
         if metrics.enabled
         else None
     )
+    if not processor.trusted_keys or not processor.trusted_keys.keys:
+        log.warning("no trusted keys (BILLING_TRUSTED_KEYS_FILE): every command is refused", extra={"service": service})
 
     committers: list[OffsetCommitter] = []
     for subscription in subscriptions:

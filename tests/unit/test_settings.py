@@ -51,6 +51,7 @@ PRODUCTION_KAFKA: dict[str, str | None] = {
     "kafka_sasl_username": "license-orders",
     "kafka_sasl_password": "kafka-s3cret-value",
     "database_password": "db-s3cret-value",
+    "trusted_keys_file": "/etc/billing/trusted-keys.json",
 }
 
 
@@ -67,6 +68,12 @@ def test_production_refuses_to_start_without_kafka_authentication() -> None:
         with pytest.raises(ValidationError, match="production needs Kafka authentication"):
             ServiceSettings.model_validate({**PRODUCTION_KAFKA, **missing})
     ServiceSettings.model_validate({**PRODUCTION_KAFKA, "environment": "development", "kafka_sasl_password": None})
+
+
+def test_production_refuses_to_start_without_a_registry_of_trusted_keys() -> None:
+    with pytest.raises(ValidationError, match="BILLING_TRUSTED_KEYS_FILE"):
+        ServiceSettings.model_validate({**PRODUCTION_KAFKA, "trusted_keys_file": None})
+    assert ServiceSettings().trusted_keys().keys == {}  # development without one: no command is believed
 
 
 def test_secrets_never_show_in_the_settings_repr_str_or_dump() -> None:
