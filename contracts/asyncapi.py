@@ -12,7 +12,21 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from contracts.access import ACCESS
+from contracts.envelope import Command
 from contracts.topics import TOPICS
+
+# Every command is signed by its sender (contracts/signing.md); unsigned, it is refused.
+SIGNATURE_HEADERS = {
+    "type": "object",
+    "description": "Ed25519 signature of the sender over the topic, record key and value (contracts/signing.md); "
+    "a command without them, or signed by a key that may not claim its actor.role, gets CommandRejected "
+    "not_authorized.",
+    "required": ["billing-key-id", "billing-signature"],
+    "properties": {
+        "billing-key-id": {"type": "string", "description": "the sender's key id, e.g. admin-ui"},
+        "billing-signature": {"type": "string", "description": "base64 of the 64-byte Ed25519 signature"},
+    },
+}
 
 
 def _names(principals: Any) -> str:
@@ -64,7 +78,11 @@ def document() -> dict[str, Any]:
             },
             "schemas": schemas.get("$defs", {}),
             "messages": {
-                model.__name__: {"name": model.__name__, "payload": {"$ref": f"#/components/schemas/{model.__name__}"}}
+                model.__name__: {
+                    "name": model.__name__,
+                    "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+                    **({"headers": SIGNATURE_HEADERS} if issubclass(model, Command) else {}),
+                }
                 for model in models
             },
         },
