@@ -191,6 +191,21 @@ def _record_key(value: bytes) -> bytes | None:
     return account.encode() if isinstance(account, str) else None
 
 
+def _claimed_role(value: bytes) -> str | None:
+    """The ``actor.role`` a command claims (None when unreadable)."""
+    try:
+        document = json.loads(value)
+    except ValueError:
+        return None
+    actor = document.get("actor") if isinstance(document, dict) else None
+    role = actor.get("role") if isinstance(actor, dict) else None
+    return role if isinstance(role, str) else None
+
+
+class NotOursToSend(Exception):
+    """A dead-lettered command claiming a role the re-driver's key may not claim."""
+
+
 @app.command()
 def replay(
     refs: Annotated[list[str] | None, typer.Argument(help="Dead letters to re-drive, <service>-<id>.")] = None,
@@ -213,9 +228,12 @@ def replay(
     """Re-drive dead letters to their original topic, once each (--again for more), recording when and by whom.
 
     A re-driven record that fails again becomes a new dead letter (shown as a re-drive of this
-    one); nothing is re-driven by itself, so a message that keeps failing cannot loop.
+    one); nothing is re-driven by itself, so a message that keeps failing cannot loop. A command
+    goes out signed with the operator's key (dead letters keep no record headers, so not its
+    sender's signature): one claiming a role other than operator is refused, its sender sends it again.
     """
     from billing_cli.settings import CliSettings
+    from contracts.access import BY_PRINCIPAL
     from contracts.topics import COMMAND_TOPICS
 
     if bool(refs) == bool(topic):
@@ -238,12 +256,22 @@ def replay(
         refused: list[str] = []
         missing: list[str] = []
 
+        signer = settings.signer()
+        claims = BY_PRINCIPAL[signer.key_id].claims if signer and signer.key_id in BY_PRINCIPAL else ()
+
         async def publish(letter: DeadLetter, value: bytes) -> tuple[int, int]:
             headers = [("billing-redrive-of", letter.ref.encode()), ("billing-redriven-by", by.encode())]
-            if letter.topic in COMMAND_TOPICS and (signer := settings.signer()) is not None:
-                # A re-driven command is the operator's: signed with its key, it is believed only for
-                # a role that key may claim (contracts/signing.md).
-                headers += signer.headers(letter.topic, _record_key(value), value)
+            if letter.topic in COMMAND_TOPICS:
+                # A dead letter keeps no record headers, so a re-driven command is the operator's:
+                # signed with its key, believed only for a role that key may claim (contracts/signing.md).
+                role = _claimed_role(value)
+                if role is not None and role not in claims:
+                    raise NotOursToSend(
+                        f"it claims role {role!r}, which the {signer.key_id if signer else 'unsigned'} key may not "
+                        "claim; its sender sends it again"
+                    )
+                if signer is not None:
+                    headers += signer.headers(letter.topic, _record_key(value), value)
             sent = await producer.send_and_wait(letter.topic, value, key=_record_key(value), headers=headers)
             return sent.partition, sent.offset
 
@@ -264,6 +292,9 @@ def replay(
                     replayed = await _kept(service, letters.redrive(letter_id, by, publish, fixed, again), None)
                 except AlreadyRedriven as exc:
                     refused.append(f"{service}-{letter_id}: {exc}; --again re-drives it once more")
+                    continue
+                except NotOursToSend as exc:
+                    refused.append(f"{service}-{letter_id}: {exc}")
                     continue
                 if replayed is None:
                     missing.append(f"{service}-{letter_id}")

@@ -22,5 +22,6 @@ def _login() -> str:
 class CliSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
     uses_database: ClassVar[bool] = False  # each service's database, with that service's settings
+    reads_commands: ClassVar[bool] = False  # it sends commands (signed with its key), it believes none
 
     operator_id: str = Field(default_factory=_login)

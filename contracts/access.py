@@ -62,7 +62,7 @@ OPERATOR = Principal(
     "operator",
     "operator",
     "The operators' `billing` CLI: closes cycles, reads dead letters and re-publishes one to its original topic, "
-    "tails metering.alerts.",
+    "tails metering.alerts, reads cycle close's answers to its triggers on billing.cycles.",
     claims=("operator",),
 )
 ADMIN = Principal("admin", "admin", "Creates and describes topics (deploy/provision.py); reads and writes none.")
@@ -99,7 +99,8 @@ class Access:
 # The contract's topic table (shared spec, contract.md), plus what it leaves to the services:
 # metering.usage is usage metering's internal topic for cycle close; cycle close writes its own
 # continuations to billing.commands; the alert board reads alerts and closed cycles; the operator
-# CLI tails metering.alerts. "UIs" are the admin UI.
+# CLI tails metering.alerts and reads billing.cycles for a refusal of its close trigger. "UIs" are
+# the admin UI.
 _TABLE: dict[str, tuple[tuple[Principal, ...], tuple[Principal, ...]]] = {
     "platform.accounts": ((ACCOUNT_SERVICE,), (LICENSE_ORDERS, USAGE_METERING, CYCLE_CLOSE)),
     "licensing.commands": ((ADMIN_UI, PROVISIONING), (LICENSE_ORDERS,)),
@@ -111,7 +112,7 @@ _TABLE: dict[str, tuple[tuple[Principal, ...], tuple[Principal, ...]]] = {
     "billing.charges": ((HARDWARE_STORE,), (CYCLE_CLOSE,)),
     "billing.commands": ((SCHEDULER, OPERATOR, CYCLE_CLOSE), (CYCLE_CLOSE,)),
     "billing.invoices": ((CYCLE_CLOSE,), (PAYMENTS, ADMIN_UI)),
-    "billing.cycles": ((CYCLE_CLOSE,), (LICENSE_ORDERS, USAGE_METERING, ALERT_BOARD)),
+    "billing.cycles": ((CYCLE_CLOSE,), (LICENSE_ORDERS, USAGE_METERING, ALERT_BOARD, OPERATOR)),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from contracts import Actor
 from contracts import messages as m
 from deploy.client import Bus
+from deploy.credentials import env_for
 
 ADMIN = Actor(id="admin@acme", role="office_admin")
 PROVISIONING = Actor(id="provisioning", role="service")
@@ -52,9 +53,11 @@ class Demo:
         return replies[0]
 
 
-async def billing(*args: str) -> None:
-    """Run the operators' command (``billing``, installed with the project) as an operator would."""
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_cli", *args)
+async def billing(*args: str, principal: str = "operator") -> None:
+    """Run the operators' command (``billing``, installed with the project) as an operator would:
+    with the operator's credentials and signing key (or ``principal``'s, the scheduler's for its cron job)."""
+    env = {**os.environ, **env_for(principal)}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_cli", *args, env=env)
     if await process.wait() != 0:
         raise SystemExit(f"billing {' '.join(args)} failed with exit code {process.returncode}")
 
@@ -138,9 +141,11 @@ async def run() -> None:
         await asyncio.sleep(1)
 
         print("\n== The scheduler closes every cycle ending by 2026-12-01 (billing close-cycles, as its cron job)")
+        # As the cron job runs it: the scheduler's key, which may claim service; it does not wait.
         await billing(
-            "close-cycles", "--as-of", "2026-12-01", "--account", account, "--actor", "scheduler", "--role", "service"
-        )
+            "close-cycles", "--as-of", "2026-12-01", "--account", account, "--actor", "scheduler", "--role", "service",
+            "--no-wait", principal="scheduler",
+        )  # fmt: skip
         [invoice] = await bus.wait_count("billing.invoices", 1, timeout=60, account_id=account)
         print(f"\n== The invoice as issued (billing invoice {invoice['invoice_id']})")
         await billing("invoice", invoice["invoice_id"])

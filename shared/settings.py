@@ -32,6 +32,8 @@ class ServiceSettings(BaseSettings):
     # Commands are believed only when signed by a key of this registry, claiming a role that key may
     # claim (shared/runtime/authentication.py); without one, every command is refused.
     trusted_keys_file: str | None = None
+    reads_commands: ClassVar[bool] = True
+    """Whether this process consumes a command topic (then production needs ``trusted_keys_file``)."""
     # What this process signs the commands it sends with (the cycle-close continuations, its CLI).
     signing_key_file: str | None = None
     signing_key_id: str | None = None
@@ -109,7 +111,7 @@ class ServiceSettings(BaseSettings):
                     "production needs Kafka authentication: BILLING_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or "
                     "SASL_PLAINTEXT), BILLING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
                 )
-            if not self.trusted_keys_file:
+            if self.reads_commands and not self.trusted_keys_file:
                 raise ValueError("production needs BILLING_TRUSTED_KEYS_FILE: whose signed commands to believe")
             secrets = [self.database_password] if self.uses_database else []
             if self.kafka_sasl_password is not None:

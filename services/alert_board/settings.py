@@ -1,5 +1,7 @@
 """Alert board's settings: the shared ones plus its own database and the web page's address."""
 
+from typing import ClassVar
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -8,6 +10,7 @@ from shared.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+    reads_commands: ClassVar[bool] = False  # alerts and closed cycles only: no registry of trusted keys
 
     database_name: str = "alert_board"
     # BILLING_ALERT_BOARD_DATABASE_USER / _PASSWORD win over BILLING_DATABASE_*: the operators' command

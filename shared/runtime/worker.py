@@ -208,7 +208,7 @@ def build_worker(
         if metrics.enabled
         else None
     )
-    if not processor.trusted_keys or not processor.trusted_keys.keys:
+    if settings.reads_commands and not (processor.trusted_keys and processor.trusted_keys.keys):
         log.warning("no trusted keys (BILLING_TRUSTED_KEYS_FILE): every command is refused", extra={"service": service})
 
     committers: list[OffsetCommitter] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from contracts import Actor
 from contracts import messages as m
 from deploy.credentials import env_for
 from tests import support
@@ -236,3 +237,55 @@ async def test_dlq_covers_the_alert_boards_dead_letters_replayed_once_after_the_
     finally:
         workers.stop("alert_board_for_dlq")
         await board.dispose()
+
+
+async def test_close_cycles_claiming_a_role_its_key_may_not_claim_is_refused_with_the_reason_and_closes_nothing(
+    stack: Bus, dbs
+) -> None:
+    account = await support.open_account(stack)
+    # The operators' key may claim operator only; service is the scheduler's (its cron job).
+    code, printed, err = await billing(
+        "close-cycles", "--as-of", "2026-12-01", "--account", account, "--role", "service", "--timeout", "90"
+    )
+    assert code == 1, printed + err
+    assert "refused (not_authorized): key 'operator' may not claim role 'service'" in err, printed + err
+    closes = await scalar(dbs["cycle_close"], "select count(*) from cycle_closes where account_id = :a", a=account)
+    assert closes == 0
+
+
+async def dead_letters_on(topic: str, account: str) -> list[dict[str, Any]]:
+    return [d for d in await billing_json("dlq", "list", topic) if d["account_id"] == account]
+
+
+async def test_a_dead_lettered_command_is_re_driven_signed_by_the_operator_only_for_a_role_it_may_claim(
+    stack: Bus, dbs, tmp_path: Path
+) -> None:
+    account = await support.open_account(stack)
+    day = date(2026, 12, 1)
+    # Two commands whose envelope cannot be read (no message_id): each becomes a dead letter.
+    for topic, kind in (("billing.commands", "CloseBillingCycles"), ("licensing.commands", "PurchaseLicenses")):
+        await stack.send(topic, json.dumps({"account_id": account, "type": kind}).encode(), key=account)
+    [trigger_letter] = await wait_until(lambda: dead_letters_on("billing.commands", account), what="the dead trigger")
+    [purchase_letter] = await wait_until(lambda: dead_letters_on("licensing.commands", account), what="the purchase")
+
+    # A purchase claims office_admin: an operator may not send it in the admin's name.
+    purchase = message(m.PurchaseLicenses, account, day, actor=ADMIN, product="user", quantity=1)
+    fixed = tmp_path / "purchase.json"
+    fixed.write_text(purchase.model_dump_json())
+    code, out, err = await billing("dlq", "replay", purchase_letter["ref"], "--payload", str(fixed))
+    assert code == 1 and "refused" in out and "'office_admin'" in out, out + err
+    assert (await billing_json("dlq", "show", purchase_letter["ref"]))["replay_log"] == []
+
+    # A trigger claiming operator: signed with the operators' key, cycle close believes it.
+    trigger = message(
+        m.CloseBillingCycles, account, day, actor=Actor(id="ops-ann", role="operator"), as_of=day, account_ids=[account]
+    )
+    fixed.write_text(trigger.model_dump_json())
+    code, out, err = await billing("dlq", "replay", trigger_letter["ref"], "--payload", str(fixed), "--actor", "ops-ann")
+    assert code == 0, out + err
+    invoiced = await wait_until(
+        lambda: scalar(dbs["cycle_close"], "select count(*) from invoices where account_id = :a", a=account),
+        timeout=90,
+        what="the re-driven trigger's invoice",
+    )
+    assert invoiced == 1

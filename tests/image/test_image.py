@@ -48,6 +48,8 @@ def running(image: str, *command: str) -> Iterator[str]:
     settings = [f"--env={key}={value}" for key, value in env.items()]
     if cafile := env.get("BILLING_KAFKA_SSL_CAFILE"):  # the stack's own CA, when it runs TLS
         settings.append(f"--volume={cafile}:{cafile}:ro")
+    if keys := env.get("BILLING_TRUSTED_KEYS_FILE"):  # the public keys whose signed commands it believes
+        settings.append(f"--volume={keys}:{keys}:ro")
     subprocess.run(
         [*RUN, "--detach", "--read-only", "--name", name, *settings, "--env=BILLING_LOG_FORMAT=text", image, *command],
         check=True,

@@ -7,6 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from billing_cli.settings import CliSettings
+from services.alert_board.settings import Settings as AlertBoardSettings
 from services.usage_metering.settings import Settings
 from shared.settings import ServiceSettings
 
@@ -74,6 +76,10 @@ def test_production_refuses_to_start_without_a_registry_of_trusted_keys() -> Non
     with pytest.raises(ValidationError, match="BILLING_TRUSTED_KEYS_FILE"):
         ServiceSettings.model_validate({**PRODUCTION_KAFKA, "trusted_keys_file": None})
     assert ServiceSettings().trusted_keys().keys == {}  # development without one: no command is believed
+    # What reads no command topic needs none: the operators' CLI (the scheduler's cron job), the board.
+    unregistered = {**PRODUCTION_KAFKA, "trusted_keys_file": None}
+    assert CliSettings.model_validate(unregistered).trusted_keys_file is None
+    assert AlertBoardSettings.model_validate(unregistered).trusted_keys_file is None
 
 
 def test_secrets_never_show_in_the_settings_repr_str_or_dump() -> None:
