@@ -56,7 +56,8 @@ def document() -> dict[str, Any]:
             "title": "License billing: public contract",
             "version": "1",
             "description": "Envelope on every message: message_id, type, account_id, occurred_at, schema_version. "
-            "Commands carry actor {id, role}; events caused by a command carry causation_id. "
+            "Commands carry actor {id, role} and their sender's Ed25519 signature in the record headers "
+            "billing-key-id and billing-signature (contracts/signing.md); events caused by a command carry causation_id. "
             "Unreadable input goes to <topic>.dlq.",
         },
         "servers": {

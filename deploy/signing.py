@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import time
 import timeit
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 from datetime import UTC, date, datetime, time as clock_time
 from decimal import Decimal
 from typing import Any
+
+import sqlalchemy as sa
 
 from deploy.credentials import env_for, signing_key_file
 from shared.runtime.authentication import Signer, TrustedKey, TrustedKeys
@@ -77,42 +78,41 @@ def measure_steps(rounds: int = 5000) -> dict[str, float]:
 
 async def measure_handling(commands: int = 400, rounds: int = 4) -> dict[str, float]:
     """Microseconds per command of usage metering's whole handling of a signed ``SetCallingCreditCap``
-    (parse, signature check, handler, inbox, outbox, commit: the batch processor, one command per
+    (parse, signature check, handler, inbox, outbox, commit: its batch processor, one command per
     transaction, as commands arrive one by one), against the stack's PostgreSQL, as usage metering.
-    Rounds alternate with the check and without it (the same processor, its registry taken away),
+    Rounds alternate without the check and with it (the same processor, its registry taken away),
     so both see the same machine. Leaves one account ``signing-measure-...`` with its cap changes
     (their outbox rows go out when the worker runs)."""
-    os.environ.update(env_for("usage-metering"))
     from services.usage_metering.app import create_worker
     from services.usage_metering.settings import Settings
 
-    settings = Settings()
-    parts = create_worker(settings)
+    own = env_for("usage-metering")  # as usage metering: its database role and its registry
+    settings = Settings(**{name.removeprefix("BILLING_").lower(): value for name, value in own.items()})
+    parts = create_worker(settings)  # wired as the worker is; nothing of it is started
     engine = parts.probes.engine
     try:
-        return await _handling(parts, settings, commands, rounds)
+        return await _handling(engine, parts.processor, settings, commands, rounds)
     finally:
         await engine.dispose()
 
 
-async def _handling(parts: Any, settings: Any, commands: int, rounds: int) -> dict[str, float]:
+async def _handling(engine: Any, processor: Any, settings: Any, commands: int, rounds: int) -> dict[str, float]:
     from contracts import messages as m
-    from services.usage_metering.app import SERVICE
     from shared.db import upgrade_to_head, wait_for_database
     from shared.runtime.codec import Record
     from shared.runtime.retention import Retention
 
-    await wait_for_database(parts.probes.engine, timeout_s=10)
-    await upgrade_to_head(parts.probes.engine, Path(__file__).resolve().parents[1] / "services" / "usage_metering" / "migrations")
+    await wait_for_database(engine, timeout_s=10)
+    await upgrade_to_head(engine, Path(__file__).resolve().parents[1] / "services" / "usage_metering" / "migrations")
     retention = Retention(
-        SERVICE,
+        "usage-metering",
         settings.database_dsn,
         settings.inbox_retention_days,
         settings.dead_letter_retention_days,
         settings.retention_interval_s,
     )
     await retention.run_once()  # this week's inbox partition exists
-    processor, keys, signer = parts.processor, parts.processor.trusted_keys, signer_for("support-tools")
+    keys, signer = processor.trusted_keys, signer_for("support-tools")
     account = f"signing-measure-{uuid.uuid4().hex[:12]}"
     opened = m.AccountOpened(
         message_id=uuid.uuid4(),
@@ -133,17 +133,23 @@ async def _handling(parts: Any, settings: Any, commands: int, rounds: int) -> di
     for j in range(commands // 4):  # warm-up (connections, prepared statements), not counted
         await processor.process([record(TOPIC, _cap_change(account, Decimal(260 + j)), signed=True)])
     totals = {"handling": 0.0, "handling, unchecked": 0.0}
+    last_cap = Decimal(0)
     for i in range(rounds * 2):
-        checked = i % 2 == 0
+        checked = i % 2 == 1  # the last round is checked: the cap read below proves it was believed
         processor.trusted_keys = keys if checked else None
-        records = [
-            record(TOPIC, _cap_change(account, Decimal(300 + j + i * commands)), signed=True) for j in range(commands)
-        ]
+        caps = [Decimal(300 + j + i * commands) for j in range(commands)]
+        records = [record(TOPIC, _cap_change(account, cap), signed=True) for cap in caps]
         started = time.perf_counter()
         for one in records:
             await processor.process([one])
         totals["handling" if checked else "handling, unchecked"] += time.perf_counter() - started
+        last_cap = caps[-1]
     processor.trusted_keys = keys
+    # A measure of refused commands would say nothing: the last cap must be the account's now.
+    async with engine.connect() as conn:
+        cap = await conn.scalar(sa.text("select cap from accounts where account_id = :a"), {"a": account})
+    if cap is None or Decimal(cap) != last_cap:
+        raise RuntimeError(f"the measured commands were not applied (cap {cap}): are the keys the stack's?")
     return {step: total / (rounds * commands) * 1e6 for step, total in totals.items()}
 
 

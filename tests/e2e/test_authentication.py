@@ -3,6 +3,9 @@ key that may claim its role (contracts/signing.md), against the real secured bro
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from datetime import date
 from decimal import Decimal
 
@@ -80,3 +83,20 @@ async def test_a_close_trigger_needs_the_schedulers_or_an_operators_key(stack: B
     trigger = message(m.CloseBillingCycles, "platform", date(2026, 11, 1), actor=SCHEDULER, as_of=date(2026, 11, 1))
     await stack.send("billing.commands", trigger, signed_as="support-tools")
     assert (await rejection_of(stack, "billing.cycles", trigger))["reason_code"] == "not_authorized"
+
+
+async def test_the_signature_cost_measure_times_signed_commands_that_usage_metering_applies(dbs) -> None:
+    """``python -m deploy.signing --measure``'s parts, tiny: in a process of its own (it wires a
+    usage-metering processor, logging and metrics included); it fails unless the commands applied."""
+    script = (
+        "import asyncio, json; from deploy.signing import measure_handling, measure_steps; "
+        "print(json.dumps({**measure_steps(rounds=20), **asyncio.run(measure_handling(commands=4, rounds=1))}))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()[-2000:]
+    costs = json.loads(out.decode().splitlines()[-1])
+    assert set(costs) == {"sign", "check", "parse", "handling", "handling, unchecked"}
+    assert all(us > 0 for us in costs.values())
