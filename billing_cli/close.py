@@ -79,7 +79,8 @@ class Answers:
         await self.consumer.start()
         await self.consumer._client.force_metadata_update()  # the topic's partitions are known after it
         partitions = [
-            TopicPartition(BILLING_CYCLES.name, p) for p in self.consumer.partitions_for_topic(BILLING_CYCLES.name) or ()
+            TopicPartition(BILLING_CYCLES.name, p)
+            for p in self.consumer.partitions_for_topic(BILLING_CYCLES.name) or ()
         ]
         if not partitions:
             raise KafkaError(f"topic {BILLING_CYCLES.name} not found (python -m deploy.provision creates it)")
@@ -99,7 +100,11 @@ class Answers:
                     answer = json.loads(record.value or b"")
                 except ValueError:
                     continue  # not the contract's: its dead letter is the producer's business
-                if isinstance(answer, dict) and answer.get("type") == "CommandRejected" and answer.get("causation_id") == self.trigger_id:
+                if (
+                    isinstance(answer, dict)
+                    and answer.get("type") == "CommandRejected"
+                    and answer.get("causation_id") == self.trigger_id
+                ):
                     return {"reason_code": str(answer.get("reason_code")), "reason": str(answer.get("reason"))}
         return None
 

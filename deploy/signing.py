@@ -17,9 +17,10 @@ import functools
 import time
 import timeit
 import uuid
-from pathlib import Path
-from datetime import UTC, date, datetime, time as clock_time
+from datetime import UTC, date, datetime
+from datetime import time as clock_time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from deploy.credentials import env_for, signing_key_file
 from shared.runtime.authentication import Signer, TrustedKey, TrustedKeys
 
 TOPIC = "metering.commands"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "usage_metering" / "migrations"
 
 
 @functools.cache
@@ -87,7 +89,8 @@ async def measure_handling(commands: int = 400, rounds: int = 4) -> dict[str, fl
     from services.usage_metering.settings import Settings
 
     own = env_for("usage-metering")  # as usage metering: its database role and its registry
-    settings = Settings(**{name.removeprefix("BILLING_").lower(): value for name, value in own.items()})
+    overrides: dict[str, Any] = {name.removeprefix("BILLING_").lower(): value for name, value in own.items()}
+    settings = Settings(**overrides)
     parts = create_worker(settings)  # wired as the worker is; nothing of it is started
     engine = parts.probes.engine
     try:
@@ -103,7 +106,7 @@ async def _handling(engine: Any, processor: Any, settings: Any, commands: int, r
     from shared.runtime.retention import Retention
 
     await wait_for_database(engine, timeout_s=10)
-    await upgrade_to_head(engine, Path(__file__).resolve().parents[1] / "services" / "usage_metering" / "migrations")
+    await upgrade_to_head(engine, MIGRATIONS)
     retention = Retention(
         "usage-metering",
         settings.database_dsn,

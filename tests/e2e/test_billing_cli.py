@@ -281,7 +281,9 @@ async def test_a_dead_lettered_command_is_re_driven_signed_by_the_operator_only_
         m.CloseBillingCycles, account, day, actor=Actor(id="ops-ann", role="operator"), as_of=day, account_ids=[account]
     )
     fixed.write_text(trigger.model_dump_json())
-    code, out, err = await billing("dlq", "replay", trigger_letter["ref"], "--payload", str(fixed), "--actor", "ops-ann")
+    code, out, err = await billing(
+        "dlq", "replay", trigger_letter["ref"], "--payload", str(fixed), "--actor", "ops-ann"
+    )
     assert code == 0, out + err
     invoiced = await wait_until(
         lambda: scalar(dbs["cycle_close"], "select count(*) from invoices where account_id = :a", a=account),
