@@ -111,14 +111,14 @@ class ServiceSettings(BaseSettings):
                     "production needs Kafka authentication: BILLING_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or "
                     "SASL_PLAINTEXT), BILLING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
                 )
-            if self.reads_commands and not self.trusted_keys_file:
-                raise ValueError("production needs BILLING_TRUSTED_KEYS_FILE: whose signed commands to believe")
             secrets = [self.database_password] if self.uses_database else []
             if self.kafka_sasl_password is not None:
                 secrets.append(self.kafka_sasl_password)
             for secret in secrets:
                 if secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
                     raise ValueError("a placeholder secret is refused outside development; set a real one")
+            if self.reads_commands and not self.trusted_keys_file:
+                raise ValueError("production needs BILLING_TRUSTED_KEYS_FILE: whose signed commands to believe")
         return self
 
     def trusted_keys(self) -> TrustedKeys:
