@@ -10,7 +10,12 @@ runs it). What comes from where:
   which the Deployments read;
 - the KEDA ``ScaledObject`` of usage metering: its ceiling is the partition count of ``usage.calls``;
 - every ``BILLING_*`` variable the Deployments set is checked against ``shared.settings``: a setting
-  renamed there fails the generation, and a new secret setting (``SecretStr``) needs a source here.
+  renamed there fails the generation, a new secret setting (``SecretStr``) needs a source here, and
+  a worker whose settings read commands (``reads_commands``) needs its registry of trusted keys;
+- signed commands: each worker that reads commands mounts the ConfigMap ``<worker>-trusted-keys``
+  (``trusted-keys.json``), each in-cluster signer (a principal with ``claims``: cycle close for its
+  continuations, the scheduler's CronJob) the Secret ``<principal>-signing-key``
+  (``signing-key.pem``); both are made from ``python -m deploy.credentials ensure`` (docs/deploy.md).
 
 The overlays (deploy/k8s/overlays/) are written by hand and patch what differs per environment.
 """
@@ -39,6 +44,10 @@ KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap:9093"
 KAFKA_CA_SECRET = f"{KAFKA_CLUSTER}-cluster-ca-cert"
 """Strimzi's cluster CA certificate (key ``ca.crt``), mounted for the TLS listener."""
 KAFKA_CA_DIR = "/etc/billing/kafka-ca"
+TRUSTED_KEYS_DIR = "/etc/billing/trusted-keys"
+TRUSTED_KEYS_NAME = "trusted-keys.json"
+SIGNING_KEY_DIR = "/etc/billing/signing-key"
+SIGNING_KEY_NAME = "signing-key.pem"
 METRICS_PORT = 9100
 BOARD_PORT = 8800
 TOPIC_REPLICAS = 3
@@ -57,6 +66,9 @@ class Worker:
     memory: str
     settings: dict[str, str] = field(default_factory=dict)
     web_port: int | None = None
+    reads_commands: bool = True
+    """It consumes a command topic: it mounts its registry of trusted keys (the generator checks
+    this against its settings' ``reads_commands``)."""
 
 
 SCHEDULER = "scheduler"
@@ -73,6 +85,7 @@ POD_SECURITY = {
         "runAsNonRoot": True,
         "runAsUser": 10001,
         "runAsGroup": 10001,
+        "fsGroup": 10001,  # the signing key's Secret volume is readable by the group only
         "seccompProfile": {"type": "RuntimeDefault"},
     },
 }
@@ -93,6 +106,7 @@ WORKERS: tuple[Worker, ...] = (
         "256Mi",
         {"BILLING_BOARD_HOST": "0.0.0.0", "BILLING_BOARD_PORT": str(BOARD_PORT)},
         web_port=BOARD_PORT,
+        reads_commands=False,
     ),
 )
 BY_WORKER = {w.name: w for w in WORKERS}
@@ -112,14 +126,57 @@ COMMON_SETTINGS = {
 }
 
 
-def worker_settings(worker: Worker) -> dict[str, str]:
-    """A worker's own: its Kafka user, its database (each service its own PostgreSQL), its extras."""
+def signs_commands(principal: str) -> bool:
+    """Whether the principal sends signed commands (it may claim a role), so needs its key."""
+    return bool(BY_PRINCIPAL[principal].claims)
+
+
+def trusted_keys_configmap(worker: Worker) -> str:
+    """The ConfigMap holding ``trusted-keys.json``, the registry of the keys the worker believes."""
+    return f"{worker.name}-trusted-keys"
+
+
+def signing_key_secret(principal: str) -> str:
+    """The Secret holding ``signing-key.pem``, the principal's Ed25519 private key."""
+    return f"{principal}-signing-key"
+
+
+def signing_settings(principal: str) -> dict[str, str]:
     return {
+        "BILLING_SIGNING_KEY_FILE": f"{SIGNING_KEY_DIR}/{SIGNING_KEY_NAME}",
+        "BILLING_SIGNING_KEY_ID": principal,
+    }
+
+
+def worker_settings(worker: Worker) -> dict[str, str]:
+    """A worker's own: its Kafka user, its database (each service its own PostgreSQL), its keys,
+    its extras."""
+    settings = {
         "BILLING_KAFKA_SASL_USERNAME": worker.name,
         "BILLING_DATABASE_HOST": f"{worker.name}-db-rw",
         "BILLING_DATABASE_NAME": BY_PRINCIPAL[worker.name].database or "",
-        **worker.settings,
     }
+    if worker.reads_commands:
+        settings["BILLING_TRUSTED_KEYS_FILE"] = f"{TRUSTED_KEYS_DIR}/{TRUSTED_KEYS_NAME}"
+    if signs_commands(worker.name):
+        settings |= signing_settings(worker.name)
+    return settings | worker.settings
+
+
+def key_volumes(worker: Worker | None, signer: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volumes and mounts of the worker's registry of trusted keys and of the signer's key."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if worker is not None and worker.reads_commands:
+        items = [{"key": TRUSTED_KEYS_NAME, "path": TRUSTED_KEYS_NAME}]
+        volumes.append({"name": "trusted-keys", "configMap": {"name": trusted_keys_configmap(worker), "items": items}})
+        mounts.append({"name": "trusted-keys", "mountPath": TRUSTED_KEYS_DIR, "readOnly": True})
+    if signer is not None and signs_commands(signer):
+        items = [{"key": SIGNING_KEY_NAME, "path": SIGNING_KEY_NAME}]
+        secret = {"secretName": signing_key_secret(signer), "items": items, "defaultMode": 0o440}
+        volumes.append({"name": "signing-key", "secret": secret})
+        mounts.append({"name": "signing-key", "mountPath": SIGNING_KEY_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def database_secret(worker: Worker) -> str:
@@ -155,6 +212,12 @@ def _check_against_settings() -> None:
         missing = sorted(secrets - set(secret_sources(worker)))
         if missing:
             raise SystemExit(f"secret settings {missing} need a Secret in deploy/k8s/generate.py (secret_sources)")
+        # A path, not a SecretStr: without it production refuses to start (shared/settings.py).
+        if settings.reads_commands and "BILLING_TRUSTED_KEYS_FILE" not in worker_settings(worker):
+            raise SystemExit(
+                f"{worker.name} reads commands: it needs BILLING_TRUSTED_KEYS_FILE and its {TRUSTED_KEYS_NAME} "
+                "mounted (Worker.reads_commands in deploy/k8s/generate.py)"
+            )
 
 
 def _types(annotation: Any) -> set[Any]:
@@ -186,6 +249,7 @@ def deployment(worker: Worker) -> dict[str, Any]:
     ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
     if worker.web_port:
         ports.append({"name": "web", "containerPort": worker.web_port})
+    volumes, mounts = key_volumes(worker, worker.name)
     container = {
         "name": "worker",
         "image": IMAGE,
@@ -211,6 +275,7 @@ def deployment(worker: Worker) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
+            *mounts,
         ],
     }
     return {
@@ -228,7 +293,7 @@ def deployment(worker: Worker) -> dict[str, Any]:
                     # SIGTERM: the worker commits its last offsets and stops its relay (well under 30 s).
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
-                    "volumes": VOLUMES,
+                    "volumes": VOLUMES + volumes,
                 },
             },
         },
@@ -387,7 +452,8 @@ def scaled_object() -> list[dict[str, Any]]:
 def close_cycles_cronjob() -> dict[str, Any]:
     """The scheduler: every day, close every cycle that ended by that day (a cycle ends on any
     billing day, and a repeated trigger closes nothing twice). It only sends the trigger, as the
-    scheduler's own Kafka user; cycle close does the work."""
+    scheduler's own Kafka user, signed with the scheduler's key; cycle close does the work."""
+    volumes, mounts = key_volumes(None, SCHEDULER)
     container = {
         "name": "trigger",
         "image": IMAGE,
@@ -399,12 +465,14 @@ def close_cycles_cronjob() -> dict[str, Any]:
                 "name": "BILLING_KAFKA_SASL_PASSWORD",
                 "valueFrom": {"secretKeyRef": {"name": SCHEDULER, "key": "password"}},
             },
+            *({"name": k, "value": v} for k, v in signing_settings(SCHEDULER).items()),
         ],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
+            *mounts,
         ],
     }
     return {
@@ -424,7 +492,7 @@ def close_cycles_cronjob() -> dict[str, Any]:
                             **POD_SECURITY,
                             "restartPolicy": "OnFailure",
                             "containers": [container],
-                            "volumes": VOLUMES,
+                            "volumes": VOLUMES + volumes,
                         },
                     },
                 }

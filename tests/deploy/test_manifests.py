@@ -4,6 +4,7 @@ committed, and every kustomize build valid against the Kubernetes and CRD schema
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import shutil
 from pathlib import Path
 
@@ -68,3 +69,86 @@ def test_every_kustomize_build_is_valid_against_the_schemas(build: Path) -> None
 
     assert list(validate.problems(text, validate.crd_schemas())) == []
     assert {"Deployment", "PodDisruptionBudget", "KafkaTopic", "KafkaUser", "ScaledObject", "ConfigMap"} <= kinds
+
+
+def _pod_spec(document: dict) -> dict:
+    spec = document["spec"]
+    return (
+        spec["jobTemplate"]["spec"]["template"]["spec"] if document["kind"] == "CronJob" else spec["template"]["spec"]
+    )
+
+
+def _settings_of(name: str) -> dict[str, str]:
+    return next(d["data"] for d in committed("settings.yaml") if d["metadata"]["name"] == f"{name}-settings")
+
+
+def test_exactly_the_workers_that_read_commands_mount_their_registry_of_trusted_keys() -> None:
+    mounting = set()
+    for worker in generate.WORKERS:
+        pod = _pod_spec(next(d for d in committed(f"{worker.name}.yaml") if d["kind"] == "Deployment"))
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        if "trusted-keys" in volumes:
+            mounting.add(worker.name)
+            assert volumes["trusted-keys"]["configMap"]["name"] == f"{worker.name}-trusted-keys"
+            assert mounts["trusted-keys"]["readOnly"] is True
+            path = _settings_of(worker.name)["BILLING_TRUSTED_KEYS_FILE"]
+            assert path == f"{mounts['trusted-keys']['mountPath']}/trusted-keys.json"
+        else:
+            assert "BILLING_TRUSTED_KEYS_FILE" not in _settings_of(worker.name)
+    reading = {
+        w.name for w in generate.WORKERS if importlib.import_module(f"{w.module}.settings").Settings.reads_commands
+    }
+
+    assert mounting == reading == {"license-orders", "usage-metering", "cycle-close"}
+
+
+def test_the_in_cluster_signers_mount_their_own_signing_key() -> None:
+    signers = {}
+    for name in [*(w.name for w in generate.WORKERS), "close-cycles"]:
+        document = next(d for d in committed(f"{name}.yaml") if d["kind"] in ("Deployment", "CronJob"))
+        pod = _pod_spec(document)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if "signing-key" not in volumes:
+            continue
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if document["kind"] == "Deployment":
+            env |= _settings_of(name)
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
+        assert mount["readOnly"] is True
+        assert env["BILLING_SIGNING_KEY_FILE"] == f"{mount['mountPath']}/signing-key.pem"
+        signers[name] = (env["BILLING_SIGNING_KEY_ID"], volumes["signing-key"]["secret"]["secretName"])
+
+    assert signers == {
+        "cycle-close": ("cycle-close", "cycle-close-signing-key"),
+        "close-cycles": ("scheduler", "scheduler-signing-key"),
+    }
+
+
+def test_the_generator_refuses_a_command_reading_worker_without_its_trusted_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    unmounted = tuple(
+        dataclasses.replace(w, reads_commands=False) if w.name == "usage-metering" else w for w in generate.WORKERS
+    )
+    monkeypatch.setattr(generate, "WORKERS", unmounted)
+
+    with pytest.raises(SystemExit, match="usage-metering reads commands: it needs BILLING_TRUSTED_KEYS_FILE"):
+        generate.files()
+
+
+def test_the_cronjobs_environment_makes_the_scheduler_a_signer_in_production() -> None:
+    from billing_cli.settings import CliSettings
+
+    cronjob = committed("close-cycles.yaml")[0]
+    container = _pod_spec(cronjob)["containers"][0]
+    env = {**next(d["data"] for d in committed("settings.yaml") if d["metadata"]["name"] == "billing-settings")}
+    env |= {e["name"]: e.get("value") or "a-real-password" for e in container["env"]}
+
+    settings = CliSettings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()})
+
+    assert (settings.signing_key_id, settings.signing_key_file) == (
+        "scheduler",
+        "/etc/billing/signing-key/signing-key.pem",
+    )
