@@ -79,29 +79,52 @@ def _write_new(path: Path, content: bytes) -> None:
         out.write(content)
 
 
-def _ensure_signing_keys(directory: Path) -> None:
-    """An Ed25519 key per principal that signs commands; each service's trusted public keys."""
-    import base64
-    import json
+def signers() -> list[str]:
+    """The principals that sign the commands they send (they may claim a role)."""
+    return [p.name for p in PRINCIPALS if p.claims]
 
+
+def new_signing_key() -> bytes:
+    """A new Ed25519 private key, PKCS#8 PEM."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def public_key(pem: bytes) -> str:
+    """The base64 raw public key of a PEM private key (what a registry holds)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(pem, password=None)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def registry(service: str, public: dict[str, str]) -> str:
+    """The ``trusted-keys-<service>.json`` text: the keys it trusts (by principal) and their roles."""
+    import json
+
+    trusted = trusted_keys(BY_PRINCIPAL[service]).items()
+    keys = {kid: {"public_key": public[kid], "roles": list(roles)} for kid, roles in trusted}
+    return json.dumps({"keys": keys}, indent=2) + "\n"
+
+
+def _ensure_signing_keys(directory: Path) -> None:
+    """An Ed25519 key per principal that signs commands; each service's trusted public keys."""
     public: dict[str, str] = {}
-    for principal in (p for p in PRINCIPALS if p.claims):
-        path = directory / f"signing-{principal.name}.pem"
+    for principal in signers():
+        path = directory / f"signing-{principal}.pem"
         if not path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            _write_new(path, pem)
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        public[principal.name] = base64.b64encode(raw).decode()
+            _write_new(path, new_signing_key())
+        public[principal] = public_key(path.read_bytes())
     for service in SERVICES:
-        keys = {kid: {"public_key": public[kid], "roles": list(roles)} for kid, roles in trusted_keys(service).items()}
         path = directory / f"trusted-keys-{service.name}.json"
-        path.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
+        path.write_text(registry(service.name, public))
         path.chmod(0o644)
 
 

@@ -457,7 +457,11 @@ def close_cycles_cronjob() -> dict[str, Any]:
     container = {
         "name": "trigger",
         "image": IMAGE,
-        "command": ["sh", "-c", 'exec billing close-cycles --as-of "$(date -u +%F)" --role service --no-wait'],
+        "command": [
+            "sh",
+            "-c",
+            'exec billing close-cycles --as-of "$(date -u +%F)" --role service --actor scheduler --no-wait',
+        ],
         "envFrom": [{"configMapRef": {"name": "billing-settings"}}],
         "env": [
             {"name": "BILLING_KAFKA_SASL_USERNAME", "value": SCHEDULER},

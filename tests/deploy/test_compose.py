@@ -1,9 +1,13 @@
 """The compose file runs every worker of the Kubernetes manifests as its own principal, on its own
-database, with passwords only from the env file deploy/.env (made by ``deploy.compose_env``), and
-is valid against the compose specification."""
+database, with passwords and keys only from the env file deploy/.env (made by ``deploy.compose_env``),
+each worker that reads commands with its registry of trusted keys, and is valid against the
+compose specification."""
 
 from __future__ import annotations
 
+import base64
+import importlib
+import json
 import re
 import stat
 import subprocess
@@ -12,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from contracts.access import BY_PRINCIPAL, PRINCIPALS, SERVICES
-from deploy import compose_env
+from contracts.access import BY_PRINCIPAL, PRINCIPALS, SERVICES, trusted_keys
+from deploy import compose_env, credentials
 from deploy.k8s.generate import WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +39,9 @@ def test_every_worker_runs_as_its_own_principal_on_its_own_database() -> None:
         entry = SERVICE_ENTRIES[worker.name]
         env = entry["environment"]
 
-        assert entry["command"] == ["python", "-m", worker.module]
+        reads_commands = importlib.import_module(f"{worker.module}.settings").Settings.reads_commands
+        wrapper = ["python", "-m", "deploy.compose_env", "start", "--"] if reads_commands else []
+        assert entry["command"] == [*wrapper, "python", "-m", worker.module]
         assert env["BILLING_KAFKA_SASL_USERNAME"] == principal.name
         assert interpolated(env["BILLING_KAFKA_SASL_PASSWORD"]) == compose_env.kafka_variable(principal.name)
         assert env["BILLING_DATABASE_NAME"] == env["BILLING_DATABASE_USER"] == principal.database
@@ -43,10 +49,23 @@ def test_every_worker_runs_as_its_own_principal_on_its_own_database() -> None:
         assert env["BILLING_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_")
         assert env["BILLING_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
         passwords = {v for v in map(interpolated, map(str, env.values())) if v}
+        keys = {compose_env.trusted_variable(principal.name)} if reads_commands else set()
+        if principal.claims:
+            keys.add(compose_env.signing_variable(principal.name))
+            assert env["BILLING_SIGNING_KEY_ID"] == principal.name
         assert passwords == {
             compose_env.kafka_variable(principal.name),
             compose_env.pg_variable(principal.database or ""),
-        }, "a worker gets its own two passwords and no other"
+            *keys,
+        }, "a worker gets its own two passwords, its own keys and no other"
+        assert (interpolated(env.get("TRUSTED_KEYS", "")) is not None) == reads_commands
+
+
+def test_the_workers_that_read_commands_are_exactly_those_with_a_registry() -> None:
+    readers = {w.name for w in WORKERS if importlib.import_module(f"{w.module}.settings").Settings.reads_commands}
+
+    assert set(compose_env.command_readers()) == readers == {"license-orders", "usage-metering", "cycle-close"}
+    assert {n for n, e in SERVICE_ENTRIES.items() if "SIGNING_KEY" in e.get("environment", {})} == {"cycle-close"}
 
 
 def test_postgres_makes_a_role_and_database_for_every_service_and_the_broker_its_super_users() -> None:
@@ -89,6 +108,57 @@ def test_the_env_file_is_made_private_keeps_its_passwords_and_adds_the_missing(t
         "MY_OWN": "1",
     }
     assert second[kept_out] and second[kept_out] != first[kept_out]
+
+
+def test_the_env_files_registries_trust_the_public_halves_of_its_signing_keys(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    compose_env.write(path)
+    values = compose_env.read(path)
+    public = {
+        p: credentials.public_key(base64.b64decode(values[compose_env.signing_variable(p)]))
+        for p in credentials.signers()
+    }
+
+    for service in compose_env.command_readers():
+        registry = json.loads(base64.b64decode(values[compose_env.trusted_variable(service)]))
+        assert registry == {
+            "keys": {
+                k: {"public_key": public[k], "roles": list(r)} for k, r in trusted_keys(BY_PRINCIPAL[service]).items()
+            }
+        }
+    rotated = compose_env.signing_variable("cycle-close")
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if k != rotated))
+    compose_env.write(path)
+    again = compose_env.read(path)
+    assert again[rotated] != values[rotated]
+    assert again[compose_env.trusted_variable("cycle-close")] != values[compose_env.trusted_variable("cycle-close")]
+    assert (
+        again[compose_env.trusted_variable("license-orders")] == values[compose_env.trusted_variable("license-orders")]
+    )
+
+
+def test_a_workers_start_writes_its_keys_private_and_production_settings_accept_them(tmp_path: Path) -> None:
+    from services.cycle_close.settings import Settings
+
+    env_file = tmp_path / ".env"
+    compose_env.write(env_file)
+    values = compose_env.read(env_file)
+    entry = SERVICE_ENTRIES["cycle-close"]["environment"]
+    environment = {k: values[v] if (v := interpolated(str(x))) else str(x) for k, x in entry.items()}
+
+    started = compose_env.start_environment(environment, tmp_path / "keys")
+
+    assert "TRUSTED_KEYS" not in started and "SIGNING_KEY" not in started
+    trusted = Path(started["BILLING_TRUSTED_KEYS_FILE"])
+    signing = Path(started["BILLING_SIGNING_KEY_FILE"])
+    assert {stat.S_IMODE(trusted.stat().st_mode), stat.S_IMODE(signing.stat().st_mode)} == {0o600}
+    settings = Settings.model_validate(
+        {k.removeprefix("BILLING_").lower(): v for k, v in started.items() if k.startswith("BILLING_")}
+    )
+    assert settings.environment == "production"
+    assert set(settings.trusted_keys().keys) == set(trusted_keys(BY_PRINCIPAL["cycle-close"]))
+    signer = settings.signer()
+    assert signer is not None and signer.key_id == "cycle-close"
 
 
 def test_the_provision_service_puts_the_passwords_where_credentials_reads_them(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_the_cronjobs_environment_makes_the_scheduler_a_signer_in_production() -
     env = {**next(d["data"] for d in committed("settings.yaml") if d["metadata"]["name"] == "billing-settings")}
     env |= {e["name"]: e.get("value") or "a-real-password" for e in container["env"]}
 
-    settings = CliSettings(**{k.removeprefix("BILLING_").lower(): v for k, v in env.items()})
+    settings = CliSettings.model_validate({k.removeprefix("BILLING_").lower(): v for k, v in env.items()})
 
     assert (settings.signing_key_id, settings.signing_key_file) == (
         "scheduler",
