@@ -100,5 +100,7 @@ def test_the_schedulers_cron_job_settings_start_the_cli_in_production(monkeypatc
     settings = CliSettings()  # it has no database of its own: none is asked for
 
     assert (settings.environment, settings.kafka_sasl_username) == ("production", "scheduler")
+    assert settings.signing_key_id == "scheduler"
+    monkeypatch.setenv("BILLING_TRUSTED_KEYS_FILE", "/etc/billing/trusted-keys/trusted-keys.json")
     with pytest.raises(ValueError, match="placeholder"):
-        Settings()  # a service still refuses the placeholder database password
+        Settings()  # a service (with its registry) still refuses the placeholder database password
