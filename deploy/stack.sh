@@ -53,6 +53,7 @@ PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 PG_DIR_RECORD="$STACK_DIR/postgres.path"
 PG_MARKER_NAME=".license-billing-stack"   # reset only deletes a PG_DIR carrying this marker
 PG_SECURED_MARKER_NAME=".scram-roles"   # cluster made with passwords and per-service roles
+PG_SECRET_PRINT_NAME=".superuser-password.sha256"   # which $SECRETS the cluster was made with
 
 # Call in a subshell right before exec'ing a long-lived server: close every fd above stderr (our lock fd,
 # pipes the caller's CI runner/test harness may have passed down). A daemon holding the write end of a
@@ -490,13 +491,27 @@ pg_initdb() {
     rm -f "$PG_ROOT/.pwfile"
     echo "include_if_exists = 'stack.conf'" >>"$PG_DATA/postgresql.conf"
     touch "$PG_ROOT/$PG_SECURED_MARKER_NAME"
+    pg_secret_print >"$PG_ROOT/$PG_SECRET_PRINT_NAME"
 }
 
-# A cluster from an older stack.sh (trust authentication, one shared role) is deleted and made anew.
-pg_replace_unsecured() {
-    [[ -f "$PG_DATA/PG_VERSION" && ! -f "$PG_ROOT/$PG_SECURED_MARKER_NAME" ]] || return 0
+# A digest of the superuser's password (a random 32-byte secret, so the digest gives nothing away).
+pg_secret_print() { secret pg-postgres | sha256sum | cut -d' ' -f1; }
+
+# A cluster this stack's secrets cannot log into is deleted and made anew: one from an older stack.sh
+# (trust authentication, one shared role), or one made with other secrets (an earlier clone at the same
+# path left it in /var/tmp, and its .stack/secrets went with that clone). Its data is unreachable anyway.
+pg_replace_foreign() {
+    [[ -f "$PG_DATA/PG_VERSION" ]] || return 0
+    local why=""
+    if [[ ! -f "$PG_ROOT/$PG_SECURED_MARKER_NAME" ]]; then
+        why="trusts every local connection (an older deploy/stack.sh)"
+    elif [[ "$(cat "$PG_ROOT/$PG_SECRET_PRINT_NAME" 2>/dev/null)" != "$(pg_secret_print)" ]]; then
+        why="was made with other passwords than $SECRETS holds (an earlier checkout at this path)"
+    else
+        return 0
+    fi
     [[ -f "$PG_ROOT/$PG_MARKER_NAME" ]] || die "$PG_ROOT has no $PG_MARKER_NAME marker (not created by stack.sh); set PG_DIR"
-    log "PostgreSQL cluster in $PG_DATA trusts every local connection (an older deploy/stack.sh): deleting it and making a new one with passwords"
+    log "PostgreSQL cluster in $PG_DATA $why: deleting it and making a new one"
     if pg_running; then
         as_pg "$(pg_bin_dir)/pg_ctl" -D "$PG_DATA" stop -m fast -w -t 60 >/dev/null || true
     fi
@@ -584,7 +599,7 @@ pg_start() {
     pg_init_paths
     mkdir -p "$STACK_DIR"
     ensure_secrets
-    pg_replace_unsecured
+    pg_replace_foreign
     if pg_running; then
         log "postgres already running (pid $(pg_pid), port $(pg_running_port))"
         pg_wait_ready "$bin" "$(pg_running_port)"
