@@ -121,6 +121,11 @@ def _registry() -> dict[str, Access]:
         raise RuntimeError("every topic of contracts.topics needs its writers and readers in contracts.access")
     registry: dict[str, Access] = {}
     for name, (writers, readers) in _TABLE.items():
+        if name in COMMAND_TOPICS and len([p for p in readers if p.kind == "service"]) != 1:
+            raise RuntimeError(
+                f"{name}: a command topic is read by exactly one service, the one its signatures are for "
+                "(contracts/signing.md); a second reader needs one signature per reader"
+            )
         registry[name] = Access(name, writers, readers)
         # <topic>.dlq: written by any consumer of <topic>, read by operators. The operator re-publishes
         # a dead letter to its original topic, so it may write every topic that has one.
@@ -161,6 +166,16 @@ def trusted_keys(service: Principal) -> dict[str, tuple[str, ...]]:
         if topic.name in COMMAND_TOPICS and service in ACCESS[topic.name].readers:
             trusted |= {p.name: p.claims for p in ACCESS[topic.name].writers if p.claims}
     return trusted
+
+
+def receiver_of(topic: str) -> Principal:
+    """The one service that reads command topic ``topic``: a sender tags a command with its key
+    toward that service (``shared.runtime.authentication``). A command topic read by a second
+    service would need one tag per reader; none is, and ``_registry`` refuses one."""
+    if topic not in COMMAND_TOPICS:
+        raise ValueError(f"{topic} is not a command topic: only commands are signed")
+    [service] = [p for p in ACCESS[topic].readers if p.kind == "service"]
+    return service
 
 
 def reader_of(topic: str) -> Principal:

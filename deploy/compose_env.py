@@ -3,12 +3,13 @@
 ``python -m deploy.compose_env`` (or ``... write [--file PATH]``) writes the file, mode 600: a
 generated password for every Kafka principal of ``contracts.access`` plus the broker's own
 ``stack`` and ``controller`` (``KAFKA_PASSWORD_<PRINCIPAL>``), and for every PostgreSQL role, each
-service's and the ``postgres`` superuser (``PG_PASSWORD_<ROLE>``), an Ed25519 signing key for
-every principal that signs commands (``SIGNING_KEY_<PRINCIPAL>``, its PEM in base64), and each
-service's registry of trusted keys made from them (``TRUSTED_KEYS_<SERVICE>``, the JSON of
-``deploy.credentials``' ``trusted-keys-<service>.json`` in base64). Passwords and keys already in
-the file are kept, so running it again after a principal is added only adds that one; the
-registries follow the keys (rewritten each time).
+service's and the ``postgres`` superuser (``PG_PASSWORD_<ROLE>``), a master secret for every
+principal that signs commands (``SIGNING_KEY_<PRINCIPAL>``, its 32 bytes in base64), and each
+command-reading service's registry of the keys toward it derived from them
+(``TRUSTED_KEYS_<SERVICE>``, the JSON of ``deploy.credentials``' ``trusted-keys-<service>.json``
+in base64; a secret like the passwords). Passwords and keys already in the file are kept, so
+running it again after a principal is added only adds that one; the registries follow the keys
+(rewritten each time).
 
 ``python -m deploy.compose_env start -- COMMAND ...`` is how a worker starts in Compose: it writes
 its ``TRUSTED_KEYS`` and ``SIGNING_KEY`` (base64, from its environment) to files on its tmpfs that
@@ -95,13 +96,16 @@ def write(path: Path = ENV_FILE) -> tuple[int, int]:
     """Add a password for every variable the file lacks (the others are kept); (added, kept)."""
     present = read(path)
     values = {name: present.get(name) or secrets.token_urlsafe(24) for name in password_variables()}
-    public = {}
+    masters = {}
     for principal in credentials.signers():
         name = signing_variable(principal)
-        values[name] = present.get(name) or _b64(credentials.new_signing_key())
-        public[principal] = credentials.public_key(base64.b64decode(values[name]))
+        master = present.get(name)
+        if master and len(base64.b64decode(master)) != 32:  # an older file's Ed25519 PEM: a new secret
+            master = None
+        values[name] = master or _b64(credentials.new_signing_key())
+        masters[principal] = base64.b64decode(values[name])
     for service in command_readers():
-        values[trusted_variable(service)] = _b64(credentials.registry(service, public))
+        values[trusted_variable(service)] = _b64(credentials.registry(service, masters))
     extra = {k: v for k, v in present.items() if k not in values}  # the user's own, kept as they are
     lines = [
         "# Passwords and keys of deploy/compose.yaml, made by `python -m deploy.compose_env`: never commit this file.",
@@ -113,7 +117,7 @@ def write(path: Path = ENV_FILE) -> tuple[int, int]:
     with os.fdopen(fd, "w") as out:
         out.write("\n".join(lines) + "\n")
     os.replace(temporary, path)
-    kept = sum(1 for name in variables() if present.get(name))
+    kept = sum(1 for name in variables() if present.get(name) == values[name])
     return len(variables()) - kept, kept
 
 
@@ -122,7 +126,7 @@ def start_environment(environment: Mapping[str, str], directory: Path = KEYS_DIR
     in ``directory`` and replaced by the ``BILLING_*_FILE`` settings that name them."""
     env = dict(environment)
     files = {"TRUSTED_KEYS": ("trusted-keys.json", "BILLING_TRUSTED_KEYS_FILE")}
-    files["SIGNING_KEY"] = ("signing-key.pem", "BILLING_SIGNING_KEY_FILE")
+    files["SIGNING_KEY"] = ("signing-key", "BILLING_SIGNING_KEY_FILE")
     for variable, (name, setting) in files.items():
         value = env.pop(variable, None)
         if not value:

@@ -4,10 +4,11 @@ The stack keeps one generated password per principal in ``$STACK_DIR/secrets`` (
 the directory mode 700, each file 600): ``kafka-<principal>`` for Kafka's SCRAM users (every
 principal of ``contracts.access``, plus ``stack``, the broker's own super user, and
 ``controller``), ``pg-<role>`` for PostgreSQL's login roles (one per service, plus the
-``postgres`` superuser), ``signing-<principal>.pem`` (the Ed25519 key of each principal that
-signs commands) with ``trusted-keys-<service>.json`` (the public keys each service trusts and
-the roles each may claim, from ``contracts.access.trusted_keys``), and ``kafka.protocol`` (``SASL_PLAINTEXT``, or ``SASL_SSL`` when the
-stack runs TLS with its own CA in ``$STACK_DIR/tls``). ``deploy/stack.sh`` creates them
+``postgres`` superuser), ``signing-<principal>.key`` (the master secret, 32 raw bytes, of each
+principal that signs commands) with ``trusted-keys-<service>.json`` (each service's registry: the
+keys toward it derived from those secrets and the roles each may claim, from
+``contracts.access.trusted_keys``; a secret too), and ``kafka.protocol`` (``SASL_PLAINTEXT``, or
+``SASL_SSL`` when the stack runs TLS with its own CA in ``$STACK_DIR/tls``). ``deploy/stack.sh`` creates them
 (``python -m deploy.credentials ensure``).
 
 A process gets its principal's settings as ``BILLING_*`` variables:
@@ -85,51 +86,49 @@ def signers() -> list[str]:
 
 
 def new_signing_key() -> bytes:
-    """A new Ed25519 private key, PKCS#8 PEM."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    """A new master secret: 32 random bytes (the keys toward each service are derived from it)."""
+    from shared.runtime.authentication import MASTER_SECRET_BYTES  # not at the top: it loads the runtime
 
-    return Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return secrets.token_bytes(MASTER_SECRET_BYTES)
 
 
-def public_key(pem: bytes) -> str:
-    """The base64 raw public key of a PEM private key (what a registry holds)."""
+def registry(service: str, masters: dict[str, bytes]) -> str:
+    """The ``trusted-keys-<service>.json`` text: each sender it trusts (by principal), its key toward
+    this service (derived from the sender's master secret) and the roles it may claim. A secret."""
     import base64
-
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(pem, password=None)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def registry(service: str, public: dict[str, str]) -> str:
-    """The ``trusted-keys-<service>.json`` text: the keys it trusts (by principal) and their roles."""
     import json
 
+    from shared.runtime.authentication import receiver_key
+
     trusted = trusted_keys(BY_PRINCIPAL[service]).items()
-    keys = {kid: {"public_key": public[kid], "roles": list(roles)} for kid, roles in trusted}
+    keys = {
+        kid: {"key": base64.b64encode(receiver_key(masters[kid], service)).decode(), "roles": list(roles)}
+        for kid, roles in trusted
+    }
     return json.dumps({"keys": keys}, indent=2) + "\n"
 
 
 def _ensure_signing_keys(directory: Path) -> None:
-    """An Ed25519 key per principal that signs commands; each service's trusted public keys."""
-    public: dict[str, str] = {}
+    """A master secret per principal that signs commands; each service's registry of the keys toward it."""
+    for stale in directory.glob("signing-*.pem"):  # an older stack's Ed25519 keys, no longer used
+        stale.unlink()
+    masters: dict[str, bytes] = {}
     for principal in signers():
-        path = directory / f"signing-{principal}.pem"
+        path = directory / f"signing-{principal}.key"
         if not path.exists():
             _write_new(path, new_signing_key())
-        public[principal] = public_key(path.read_bytes())
+        masters[principal] = path.read_bytes()
     for service in SERVICES:
         path = directory / f"trusted-keys-{service.name}.json"
-        path.write_text(registry(service.name, public))
-        path.chmod(0o644)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.unlink(missing_ok=True)
+        _write_new(temporary, registry(service.name, masters).encode())  # mode 600 from the start
+        os.replace(temporary, path)
+        path.chmod(0o600)  # one an older stack made readable by all
 
 
 def signing_key_file(principal: str) -> Path:
-    return secrets_dir() / f"signing-{principal}.pem"
+    return secrets_dir() / f"signing-{principal}.key"
 
 
 def trusted_keys_file(service: str) -> Path:

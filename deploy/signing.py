@@ -1,7 +1,7 @@
 """The local stack's signing keys for the clients that send commands (``contracts/signing.md``).
 
-``signer_for("admin-ui")`` signs as the admin UI with the key the stack generated for it
-(``$STACK_DIR/secrets/signing-admin-ui.pem``); ``deploy/client.py``'s ``Bus`` signs every command
+``signer_for("admin-ui")`` signs as the admin UI with the master secret the stack generated for it
+(``$STACK_DIR/secrets/signing-admin-ui.key``); ``deploy/client.py``'s ``Bus`` signs every command
 it sends with the key of the principal it sends as.
 
 ``python -m deploy.signing --measure`` prints, in one run, what signing and checking one command
@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from contracts.access import receiver_of
 from deploy.credentials import env_for, signing_key_file
 from shared.runtime.authentication import Signer, TrustedKey, TrustedKeys
 
@@ -37,7 +38,7 @@ def signer_for(principal: str) -> Signer:
     path = signing_key_file(principal)
     if not path.exists():
         raise RuntimeError(f"{principal} has no signing key ({path}): it may claim no role (contracts/access.py)")
-    return Signer.from_pem(principal, path.read_bytes())
+    return Signer.from_file(principal, path)
 
 
 def _cap_change(account: str, cap: Decimal, day: date = date(2026, 11, 20)) -> Any:
@@ -56,12 +57,13 @@ def _cap_change(account: str, cap: Decimal, day: date = date(2026, 11, 20)) -> A
 def measure_steps(rounds: int = 5000) -> dict[str, float]:
     """Microseconds per command: sign, check (signature and role), and reading the command's JSON
     into its contract model, for scale (one of the cheapest steps of handling it)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    import secrets
 
     from contracts.messages import SetCallingCreditCap
 
-    signer = Signer("support-tools", Ed25519PrivateKey.generate())
-    keys = TrustedKeys({"support-tools": TrustedKey(signer.private_key.public_key(), frozenset({"support"}))})
+    signer = Signer("support-tools", secrets.token_bytes(32))
+    toward = signer.key_toward(receiver_of(TOPIC).name)
+    keys = TrustedKeys({"support-tools": TrustedKey(toward, frozenset({"support"}))})
     command = _cap_change("acct-1234567890ab", Decimal("400.00"))
     value = command.model_dump_json().encode()
     key = command.account_id.encode()

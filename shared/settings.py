@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -29,12 +28,14 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
-    # Commands are believed only when signed by a key of this registry, claiming a role that key may
-    # claim (shared/runtime/authentication.py); without one, every command is refused.
+    # Commands are believed only when signed by a key of this registry (a secret: the senders' keys
+    # toward this service), claiming a role that key may claim (shared/runtime/authentication.py);
+    # without one, every command is refused.
     trusted_keys_file: str | None = None
     reads_commands: ClassVar[bool] = True
     """Whether this process consumes a command topic (then production needs ``trusted_keys_file``)."""
-    # What this process signs the commands it sends with (the cycle-close continuations, its CLI).
+    # What this process signs the commands it sends with (the cycle-close continuations, its CLI):
+    # its master secret, 32 raw bytes, and its key id.
     signing_key_file: str | None = None
     signing_key_id: str | None = None
     # A consumer learns of a rebalance (a replica joins or leaves) at its next heartbeat, and the
@@ -128,7 +129,7 @@ class ServiceSettings(BaseSettings):
     def signer(self) -> Signer | None:
         if not (self.signing_key_file and self.signing_key_id):
             return None
-        return Signer.from_pem(self.signing_key_id, Path(self.signing_key_file).read_bytes())
+        return Signer.from_file(self.signing_key_id, self.signing_key_file)
 
     def kafka_options(self) -> dict[str, Any]:
         """Connection options for aiokafka / FastStream, security included."""

@@ -12,10 +12,11 @@ runs it). What comes from where:
 - every ``BILLING_*`` variable the Deployments set is checked against ``shared.settings``: a setting
   renamed there fails the generation, a new secret setting (``SecretStr``) needs a source here, and
   a worker whose settings read commands (``reads_commands``) needs its registry of trusted keys;
-- signed commands: each worker that reads commands mounts the ConfigMap ``<worker>-trusted-keys``
-  (``trusted-keys.json``), each in-cluster signer (a principal with ``claims``: cycle close for its
-  continuations, the scheduler's CronJob) the Secret ``<principal>-signing-key``
-  (``signing-key.pem``); both are made from ``python -m deploy.credentials ensure`` (docs/deploy.md).
+- signed commands: each worker that reads commands mounts the Secret ``<worker>-trusted-keys``
+  (``trusted-keys.json``: the senders' keys toward it, a secret), each in-cluster signer (a
+  principal with ``claims``: cycle close for its continuations, the scheduler's CronJob) the Secret
+  ``<principal>-signing-key`` (``signing-key``, its master secret); both are made from
+  ``python -m deploy.credentials ensure`` (docs/deploy.md).
 
 The overlays (deploy/k8s/overlays/) are written by hand and patch what differs per environment.
 """
@@ -47,7 +48,7 @@ KAFKA_CA_DIR = "/etc/billing/kafka-ca"
 TRUSTED_KEYS_DIR = "/etc/billing/trusted-keys"
 TRUSTED_KEYS_NAME = "trusted-keys.json"
 SIGNING_KEY_DIR = "/etc/billing/signing-key"
-SIGNING_KEY_NAME = "signing-key.pem"
+SIGNING_KEY_NAME = "signing-key"
 METRICS_PORT = 9100
 BOARD_PORT = 8800
 TOPIC_REPLICAS = 3
@@ -85,7 +86,7 @@ POD_SECURITY = {
         "runAsNonRoot": True,
         "runAsUser": 10001,
         "runAsGroup": 10001,
-        "fsGroup": 10001,  # the signing key's Secret volume is readable by the group only
+        "fsGroup": 10001,  # the key Secrets' volumes are readable by the group only
         "seccompProfile": {"type": "RuntimeDefault"},
     },
 }
@@ -131,13 +132,14 @@ def signs_commands(principal: str) -> bool:
     return bool(BY_PRINCIPAL[principal].claims)
 
 
-def trusted_keys_configmap(worker: Worker) -> str:
-    """The ConfigMap holding ``trusted-keys.json``, the registry of the keys the worker believes."""
+def trusted_keys_secret(worker: Worker) -> str:
+    """The Secret holding ``trusted-keys.json``, the registry of the keys the worker believes (the
+    senders' keys toward it: whoever reads it could sign toward this worker)."""
     return f"{worker.name}-trusted-keys"
 
 
 def signing_key_secret(principal: str) -> str:
-    """The Secret holding ``signing-key.pem``, the principal's Ed25519 private key."""
+    """The Secret holding ``signing-key``, the principal's master secret (32 bytes)."""
     return f"{principal}-signing-key"
 
 
@@ -169,7 +171,8 @@ def key_volumes(worker: Worker | None, signer: str | None) -> tuple[list[dict[st
     mounts: list[dict[str, Any]] = []
     if worker is not None and worker.reads_commands:
         items = [{"key": TRUSTED_KEYS_NAME, "path": TRUSTED_KEYS_NAME}]
-        volumes.append({"name": "trusted-keys", "configMap": {"name": trusted_keys_configmap(worker), "items": items}})
+        registry = {"secretName": trusted_keys_secret(worker), "items": items, "defaultMode": 0o440}
+        volumes.append({"name": "trusted-keys", "secret": registry})
         mounts.append({"name": "trusted-keys", "mountPath": TRUSTED_KEYS_DIR, "readOnly": True})
     if signer is not None and signs_commands(signer):
         items = [{"key": SIGNING_KEY_NAME, "path": SIGNING_KEY_NAME}]

@@ -19,6 +19,7 @@ import yaml
 from contracts.access import BY_PRINCIPAL, PRINCIPALS, SERVICES, trusted_keys
 from deploy import compose_env, credentials
 from deploy.k8s.generate import WORKERS
+from shared.runtime.authentication import Signer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -110,22 +111,24 @@ def test_the_env_file_is_made_private_keeps_its_passwords_and_adds_the_missing(t
     assert second[kept_out] and second[kept_out] != first[kept_out]
 
 
-def test_the_env_files_registries_trust_the_public_halves_of_its_signing_keys(tmp_path: Path) -> None:
+def test_the_env_files_registries_hold_each_signers_key_toward_that_service_only(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     compose_env.write(path)
     values = compose_env.read(path)
-    public = {
-        p: credentials.public_key(base64.b64decode(values[compose_env.signing_variable(p)]))
-        for p in credentials.signers()
-    }
+    signers = {p: Signer(p, base64.b64decode(values[compose_env.signing_variable(p)])) for p in credentials.signers()}
 
+    held: dict[str, dict[str, bytes]] = {}
     for service in compose_env.command_readers():
         registry = json.loads(base64.b64decode(values[compose_env.trusted_variable(service)]))
-        assert registry == {
-            "keys": {
-                k: {"public_key": public[k], "roles": list(r)} for k, r in trusted_keys(BY_PRINCIPAL[service]).items()
-            }
+        assert {k: e["roles"] for k, e in registry["keys"].items()} == {
+            k: list(r) for k, r in trusted_keys(BY_PRINCIPAL[service]).items()
         }
+        held[service] = {k: base64.b64decode(e["key"]) for k, e in registry["keys"].items()}
+        assert held[service] == {k: signers[k].key_toward(service) for k in held[service]}
+    # The operator signs toward all three; no service holds the key another one checks.
+    operator_keys = [keys["operator"] for keys in held.values()]
+    assert len(held) == 3 and len(set(operator_keys)) == 3
+    assert all(len(master) == 32 for master in (s.master for s in signers.values()))
     rotated = compose_env.signing_variable("cycle-close")
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if k != rotated))
     compose_env.write(path)
@@ -159,6 +162,9 @@ def test_a_workers_start_writes_its_keys_private_and_production_settings_accept_
     assert set(settings.trusted_keys().keys) == set(trusted_keys(BY_PRINCIPAL["cycle-close"]))
     signer = settings.signer()
     assert signer is not None and signer.key_id == "cycle-close"
+    value = b'{"type": "CloseBillingCycles"}'
+    headers = signer.headers("billing.commands", b"k", value)  # a continuation, toward itself
+    assert settings.trusted_keys().refusal("billing.commands", b"k", value, headers, "operator") is None
 
 
 def test_the_provision_service_puts_the_passwords_where_credentials_reads_them(tmp_path: Path) -> None:

@@ -90,7 +90,10 @@ def test_exactly_the_workers_that_read_commands_mount_their_registry_of_trusted_
         mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
         if "trusted-keys" in volumes:
             mounting.add(worker.name)
-            assert volumes["trusted-keys"]["configMap"]["name"] == f"{worker.name}-trusted-keys"
+            # A secret: the senders' keys toward this worker; readable by its group only (fsGroup).
+            assert volumes["trusted-keys"]["secret"]["secretName"] == f"{worker.name}-trusted-keys"
+            assert volumes["trusted-keys"]["secret"]["defaultMode"] == 0o440
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
             assert mounts["trusted-keys"]["readOnly"] is True
             path = _settings_of(worker.name)["BILLING_TRUSTED_KEYS_FILE"]
             assert path == f"{mounts['trusted-keys']['mountPath']}/trusted-keys.json"
@@ -117,7 +120,8 @@ def test_the_in_cluster_signers_mount_their_own_signing_key() -> None:
             env |= _settings_of(name)
         mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
         assert mount["readOnly"] is True
-        assert env["BILLING_SIGNING_KEY_FILE"] == f"{mount['mountPath']}/signing-key.pem"
+        assert env["BILLING_SIGNING_KEY_FILE"] == f"{mount['mountPath']}/signing-key"
+        assert volumes["signing-key"]["secret"]["defaultMode"] == 0o440
         signers[name] = (env["BILLING_SIGNING_KEY_ID"], volumes["signing-key"]["secret"]["secretName"])
 
     assert signers == {
@@ -150,5 +154,5 @@ def test_the_cronjobs_environment_makes_the_scheduler_a_signer_in_production() -
 
     assert (settings.signing_key_id, settings.signing_key_file) == (
         "scheduler",
-        "/etc/billing/signing-key/signing-key.pem",
+        "/etc/billing/signing-key/signing-key",
     )
