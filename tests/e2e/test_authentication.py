@@ -4,6 +4,7 @@ key that may claim its role (contracts/signing.md), against the real secured bro
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from datetime import date
@@ -11,13 +12,18 @@ from decimal import Decimal
 
 import pytest
 
+from contracts import Actor
 from contracts import messages as m
+from deploy.credentials import trusted_keys_file
 from deploy.signing import signer_for
+from shared.runtime.authentication import KEY_ID_HEADER, SIGNATURE_HEADER, tag
 from tests.support import ADMIN, SCHEDULER, SUPPORT, Bus, message, open_account, scalar
 
 pytestmark = pytest.mark.stack
 
 ALERTS = "metering.alerts"
+BILLING = "billing.commands"
+OPERATOR = Actor(id="ops-1", role="operator")
 NOV_12 = date(2026, 11, 12)
 
 
@@ -83,6 +89,25 @@ async def test_a_close_trigger_needs_the_schedulers_or_an_operators_key(stack: B
     trigger = message(m.CloseBillingCycles, "platform", date(2026, 11, 1), actor=SCHEDULER, as_of=date(2026, 11, 1))
     await stack.send("billing.commands", trigger, signed_as="support-tools")
     assert (await rejection_of(stack, "billing.cycles", trigger))["reason_code"] == "not_authorized"
+
+
+async def test_a_service_cannot_sign_toward_another_with_the_keys_its_registry_holds(stack: Bus) -> None:
+    """License orders' registry holds the operators' key toward license orders; a close trigger
+    tagged with it (a leaked registry, sent with the operators' Kafka login) is refused by cycle
+    close, which checks the operators' key toward cycle close."""
+    registry = json.loads(trusted_keys_file("license-orders").read_text())
+    held = base64.b64decode(registry["keys"]["operator"]["key"])
+    day = date(2026, 11, 1)
+    forged = message(m.CloseBillingCycles, "platform", day, actor=OPERATOR, as_of=day)
+    value = forged.model_dump_json().encode()
+    headers = [
+        (KEY_ID_HEADER, b"operator"),
+        (SIGNATURE_HEADER, base64.b64encode(tag(held, BILLING, b"platform", value))),
+    ]
+    await stack.send_record(BILLING, b"platform", value, headers, as_principal="operator")
+    refused = await rejection_of(stack, "billing.cycles", forged)
+    assert refused["reason_code"] == "not_authorized"
+    assert refused["reason"] == "the signature of key 'operator' does not match the command"
 
 
 async def test_the_signature_cost_measure_times_signed_commands_that_usage_metering_applies(dbs) -> None:
