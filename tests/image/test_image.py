@@ -11,7 +11,9 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ pytestmark = [pytest.mark.image, pytest.mark.stack, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "localhost/license-billing:test")
 PODMAN = ["podman", "--runtime", "runc"]
+IMAGE_USER = 10001  # the Containerfile's USER
 # podman's default open-files limit is above these machines' hard limit.
 RUN = [*PODMAN, "run", "--network", "host", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 
@@ -48,8 +51,16 @@ def running(image: str, *command: str) -> Iterator[str]:
     settings = [f"--env={key}={value}" for key, value in env.items()]
     if cafile := env.get("BILLING_KAFKA_SSL_CAFILE"):  # the stack's own CA, when it runs TLS
         settings.append(f"--volume={cafile}:{cafile}:ro")
-    if keys := env.get("BILLING_TRUSTED_KEYS_FILE"):  # the public keys whose signed commands it believes
-        settings.append(f"--volume={keys}:{keys}:ro")
+    private = Path(tempfile.mkdtemp(prefix="license-billing-keys-"))
+    if keys := env.get("BILLING_TRUSTED_KEYS_FILE"):  # a secret (mode 600): a copy the image's user owns
+        copy = private / "trusted-keys.json"
+        shutil.copyfile(keys, copy)
+        if os.geteuid() == 0:
+            os.chown(copy, IMAGE_USER, IMAGE_USER)
+            copy.chmod(0o600)
+        else:  # a rootless podman maps the host's user to the container's root, not to 10001
+            copy.chmod(0o644)
+        settings.append(f"--volume={copy}:{keys}:ro")
     subprocess.run(
         [*RUN, "--detach", "--read-only", "--name", name, *settings, "--env=BILLING_LOG_FORMAT=text", image, *command],
         check=True,
@@ -61,6 +72,7 @@ def running(image: str, *command: str) -> Iterator[str]:
         logs = subprocess.run([*PODMAN, "logs", "--tail", "40", name], capture_output=True, text=True)
         print(f"--- last lines of {name}:\n{logs.stdout}{logs.stderr}")
         subprocess.run([*PODMAN, "rm", "--force", "--time", "10", name], capture_output=True)
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def stack_credentials(helper: str, principal: str) -> dict[str, Any]:
