@@ -18,13 +18,14 @@ from contracts.topics import TOPICS
 # Every command is signed by its sender (contracts/signing.md); unsigned, it is refused.
 SIGNATURE_HEADERS = {
     "type": "object",
-    "description": "Ed25519 signature of the sender over the topic, record key and value (contracts/signing.md); "
+    "description": "HMAC-SHA256 tag of the sender over the topic, record key and value, under its key toward "
+    "the topic's receiving service (contracts/signing.md); "
     "a command without them, or signed by a key that may not claim its actor.role, gets CommandRejected "
     "not_authorized.",
     "required": ["billing-key-id", "billing-signature"],
     "properties": {
         "billing-key-id": {"type": "string", "description": "the sender's key id, e.g. admin-ui"},
-        "billing-signature": {"type": "string", "description": "base64 of the 64-byte Ed25519 signature"},
+        "billing-signature": {"type": "string", "description": "base64 of the 32-byte HMAC-SHA256 tag"},
     },
 }
 
@@ -56,7 +57,7 @@ def document() -> dict[str, Any]:
             "title": "License billing: public contract",
             "version": "1",
             "description": "Envelope on every message: message_id, type, account_id, occurred_at, schema_version. "
-            "Commands carry actor {id, role} and their sender's Ed25519 signature in the record headers "
+            "Commands carry actor {id, role} and their sender's HMAC-SHA256 tag in the record headers "
             "billing-key-id and billing-signature (contracts/signing.md); events caused by a command carry causation_id. "
             "Unreadable input goes to <topic>.dlq.",
         },
