@@ -123,8 +123,7 @@ def _ensure_signing_keys(directory: Path) -> None:
         temporary = path.with_name(path.name + ".tmp")
         temporary.unlink(missing_ok=True)
         _write_new(temporary, registry(service.name, masters).encode())  # mode 600 from the start
-        os.replace(temporary, path)
-        path.chmod(0o600)  # one an older stack made readable by all
+        os.replace(temporary, path)  # also over an older stack's, which was readable by all
 
 
 def signing_key_file(principal: str) -> Path:

@@ -163,8 +163,13 @@ def test_the_stacks_registry_files_are_secret_and_believe_the_stacks_signers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STACK_DIR", str(tmp_path))
-    credentials.ensure()
     secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()  # as an older stack left it: an Ed25519 key, a public registry readable by all
+    (secrets_dir / "signing-admin-ui.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (secrets_dir / "trusted-keys-usage-metering.json").write_text('{"keys": {}}')
+    (secrets_dir / "trusted-keys-usage-metering.json").chmod(0o644)
+    credentials.ensure()
+    assert not (secrets_dir / "signing-admin-ui.pem").exists()
     master = (secrets_dir / "signing-support-tools.key").read_bytes()
     registry = secrets_dir / "trusted-keys-usage-metering.json"
     assert len(master) == 32 and registry.stat().st_mode & 0o777 == 0o600
