@@ -16,14 +16,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from billing_cli import alerts, close, dlq
+from billing_cli import alerts, calls, close, dlq
 from billing_cli.output import console, fail, print_json
 
 T = TypeVar("T")
 
 app = typer.Typer(
     name="billing",
-    help="Operate license billing: close cycles, prices, accounts, invoices, alerts and dead letters.",
+    help="Operate license billing: close cycles, prices, accounts, invoices, alerts, dead letters, the calls ledger.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(calls.app, name="calls")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 

@@ -1,10 +1,12 @@
 """Table sizes per million messages, measured: ``python scripts/table_sizes.py [--rows N] [--revision R]``.
 
-Creates a scratch database on the local stack (``BILLING_DATABASE_*``), migrates usage metering's
-schema to ``--revision`` (default head), writes ``--rows`` calls with the service's own calls
-statement and as many inbox claims with the claim statement of that schema (the pre-partition
-one for revisions before 0008), and prints each table's size (heap, indexes, TOAST; an inbox
-partition's counted in the inbox) per million rows. The database is dropped afterwards.
+Creates a scratch database on the local stack (``BILLING_DATABASE_*``, a role that may create
+databases), migrates usage metering's schema to ``--revision`` (default head), writes ``--rows``
+calls as that schema's calls path does (the binary COPYs into ``call_ids`` and ``calls`` from 0010,
+into ``calls`` at 0009, the deduplicating insert before) and as many inbox claims with the claim
+statement of that schema (the pre-partition one for revisions before 0008), and prints each table's
+size (heap, indexes, TOAST; a partition's counted in its table) per million rows. The database is
+dropped afterwards.
 A measurement of sizes, not of speed (it is no benchmark: it may run beside other work).
 """
 
@@ -15,6 +17,8 @@ import asyncio
 import json
 import random
 import uuid
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +28,7 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.usage_metering.settings import Settings
-from services.usage_metering.storage import CLAIM_CALLS
+from services.usage_metering.storage import CALL_IDS_COLUMNS, CALLS_COLUMNS
 from shared.runtime.retention import CLAIM_INBOX
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +69,8 @@ def migrate(url: str, revision: str) -> None:
 SIZES = """
 select coalesce(p.relname, c.relname) as table_name, sum(pg_total_relation_size(c.oid))::bigint as bytes
 from pg_class c left join pg_inherits i on i.inhrelid = c.oid left join pg_class p on p.oid = i.inhparent
-where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace and c.relname in ('calls', 'inbox')
-   or (p.relname = 'inbox')
+where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace
+  and (c.relname in ('calls', 'call_ids', 'inbox') or p.relname in ('calls', 'inbox'))
 group by 1 order by 1
 """
 
@@ -75,18 +79,29 @@ async def fill(dsn: str, rows: int, partitioned: bool) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
         random.seed(7)
+        with_parts = await conn.fetchval(
+            "select count(*) = 1 from information_schema.columns where table_name = 'calls' and column_name = 'seq'"
+        )
+        with_ids = await conn.fetchval("select to_regclass('call_ids') is not null")
+        cycle_start = date.today().replace(day=1)  # this month's partition (made by the migration)
+        places: dict[str, int] = {}  # each account's last call's place in its meter
         for start in range(0, rows, BATCH):
             n = min(BATCH, rows - start)
-            calls = [
-                [f"acct-{random.randrange(ACCOUNTS):05d}", str(uuid.uuid4()), "0.012500", "2026-11-01"]
-                for _ in range(n)
-            ]
-            with_parts = await conn.fetchval(
-                "select count(*) = 1 from information_schema.columns where table_name = 'calls' and column_name = 'seq'"
-            )
+            accounts = [f"acct-{random.randrange(ACCOUNTS):05d}" for _ in range(n)]
             if with_parts:
-                calls = [[*call, index + 1, call[2], "0"] for index, call in enumerate(calls)]
-            await conn.fetch(CLAIM_CALLS if with_parts else CLAIM_CALLS_WITHOUT_PARTS, json.dumps(calls))
+                batch = []
+                for account in accounts:
+                    places[account] = places.get(account, 0) + 1
+                    cost = Decimal("0.012500")
+                    batch.append((account, str(uuid.uuid4()), cost, cycle_start, places[account], cost, Decimal(0)))
+                async with conn.transaction():  # one batch's transaction, as the calls path writes it
+                    if with_ids:
+                        ids = [(a, c, s) for a, c, _, s, _, _, _ in batch]
+                        await conn.copy_records_to_table("call_ids", records=ids, columns=CALL_IDS_COLUMNS)
+                    await conn.copy_records_to_table("calls", records=batch, columns=CALLS_COLUMNS)
+            else:
+                calls = [[a, str(uuid.uuid4()), "0.012500", str(cycle_start)] for a in accounts]
+                await conn.fetch(CLAIM_CALLS_WITHOUT_PARTS, json.dumps(calls))
             ids = [uuid.uuid4() for _ in range(n)]
             await conn.fetch(CLAIM_INBOX if partitioned else CLAIM_INBOX_UNPARTITIONED, ids, ["licensing.commands"] * n)
         await conn.execute("vacuum analyze")

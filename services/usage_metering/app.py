@@ -14,6 +14,7 @@ from contracts.topics import (
     USAGE_CALLS,
 )
 from services.usage_metering.handlers import registry
+from services.usage_metering.partitions import CallPartitions
 from services.usage_metering.settings import Settings
 from services.usage_metering.snapshots import DropMetersOnRebalance, MeterSnapshots
 from services.usage_metering.storage import MeterMemory, MeterStore, RecentCalls
@@ -48,6 +49,9 @@ def create_worker(settings: Settings | None = None) -> WorkerParts:
     snapshots = MeterSnapshots(memory, parts.processor.sessions, settings.meter_snapshot_interval_s)
     parts.app.after_startup(snapshots.start)
     parts.app.on_shutdown(snapshots.stop)  # after the worker's own: the last offsets first
+    partitions = CallPartitions(settings.database_dsn, settings.retention_interval_s)  # the coming months'
+    parts.app.after_startup(partitions.start)
+    parts.app.on_shutdown(partitions.stop)
     return parts
 
 

@@ -21,6 +21,7 @@ from shared.cycles import Cycle
 from shared.db import driver_connection
 from shared.runtime.seals import SealLedger, declare_seals_table
 from shared.runtime.tables import declare_runtime_tables
+from shared.runtime.transient import ConcurrentUpdate
 
 metadata = sa.MetaData()
 declare_runtime_tables(metadata)
@@ -65,22 +66,48 @@ meter_snapshots = sa.Table(
     sa.CheckConstraint("billable >= 0 and over_cap >= 0 and late_unbilled >= 0", name="meter_amounts"),
     postgresql_with={"fillfactor": 70},  # room on each page for in-place (HOT) updates of the snapshots
 )
+# The calls ledger: each call with what the fold decided for it, so a meter is its snapshot plus its
+# calls after it. Partitioned by the month its cycles start in (``partitions.py``): old months
+# can be archived. Its key is a meter's calls in order; ``call_ids`` says a call was charged.
 calls = sa.Table(
     "calls",
     metadata,
     sa.Column("account_id", sa.Text, primary_key=True),
-    sa.Column("call_id", sa.Text, primary_key=True),
+    sa.Column("call_id", sa.Text, nullable=False),
     sa.Column("cost", sa.Numeric(20, 6), nullable=False),
-    sa.Column("cycle_start", sa.Date, nullable=False),
-    # What the fold decided for the call, so a meter is its snapshot plus its calls after it.
+    sa.Column("cycle_start", sa.Date, primary_key=True),
     sa.Column(
         "seq",
         sa.Integer,
-        nullable=False,
-        comment="the call's place in its meter (account, cycle): 1, 2, ...; 0 before meters in memory",
+        primary_key=True,
+        comment="the call's place in its meter (account, cycle): 1, 2, ...; below 1 before meters in memory",
     ),
     sa.Column("billable", sa.Numeric(20, 6), nullable=False),
     sa.Column("over_cap", sa.Numeric(20, 6), nullable=False),
+    postgresql_partition_by="RANGE (cycle_start)",  # calls_YYYYMM and calls_default: see partitions.py
+)
+# Every call ever charged, by (account, call id): what makes a call charged once, ever. Never
+# partitioned nor archived (PostgreSQL has no unique index across partitions).
+call_ids = sa.Table(
+    "call_ids",
+    metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("call_id", sa.Text, primary_key=True),
+    sa.Column(
+        "cycle_start", sa.Date, nullable=False, comment="the cycle the call was charged in (where its calls row is)"
+    ),
+)
+# The months whose partition of ``calls`` was detached (``billing calls archive``).
+call_archives = sa.Table(
+    "call_archives",
+    metadata,
+    sa.Column(
+        "month", sa.Date, primary_key=True, comment="the month (its first day) whose cycles' calls were detached"
+    ),
+    sa.Column("partition", sa.Text, nullable=False),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("archived_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.Column("archived_by", sa.Text, nullable=False),
 )
 seals = declare_seals_table(metadata)
 
@@ -157,26 +184,26 @@ SAVE_SNAPSHOTS = (
     f"insert into meter_snapshots as s ({SNAPSHOT_COLUMNS}) {SNAPSHOT_ROWS} on conflict (account_id, cycle_start) "
     f"do update set {SNAPSHOT_UPDATE} where s.through_seq < excluded.through_seq returning s.account_id, s.cycle_start"
 )
-# $1: a JSON array of [account id, call id]; returns those in ``calls`` (read only: the key decides).
+# $1: a JSON array of [account id, call id]; returns those in ``call_ids`` (read only: the key decides).
 # A lateral lookup per key with ``limit 1``, so it stays a primary-key probe whatever the count.
 RECORDED_CALLS = (
     "select k->>0 as account_id, k->>1 as call_id from jsonb_array_elements($1::jsonb) k cross join lateral "
-    "(select from calls c where c.account_id = k->>0 and c.call_id = k->>1 limit 1) found"
+    "(select from call_ids c where c.account_id = k->>0 and c.call_id = k->>1 limit 1) found"
 )
 CALLS_COLUMNS = ("account_id", "call_id", "cost", "cycle_start", "seq", "billable", "over_cap")
-# $1: a JSON array of CALLS_COLUMNS' values; returns the indexes of those recorded before.
-CLAIM_CALLS = (
-    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, "
-    "(r->>4)::integer as q, (r->>5)::numeric as b, (r->>6)::numeric as o, i - 1 as i "
+CALL_IDS_COLUMNS = ("account_id", "call_id", "cycle_start")
+# $1: a JSON array of [account id, call id, cycle start]; returns the indexes of those recorded before.
+CLAIM_CALL_IDS = (
+    "with given as (select r->>0 as a, r->>1 as c, (r->>2)::date as s, i - 1 as i "
     "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
-    "fresh as (insert into calls (account_id, call_id, cost, cycle_start, seq, billable, over_cap) "
-    "select a, c, k, s, q, b, o from given on conflict do nothing returning account_id, call_id) "
+    "fresh as (insert into call_ids (account_id, call_id, cycle_start) select a, c, s from given "
+    "on conflict do nothing returning account_id, call_id) "
     "select i from given where not exists (select from fresh where account_id = a and call_id = c)"
 )
 
 
-# Before each COPY of a batch's new calls: a COPY that hits the calls key (a repeat older than
-# RecentCalls, another replica's call, a replay) is rolled back to here alone.
+# Before the COPYs of a batch's new calls: a COPY that hits a key (a repeat older than RecentCalls,
+# another replica's call, a replay) is rolled back to here alone.
 BEFORE_CALLS_COPY = "savepoint before_calls_copy"
 UNDO_CALLS_COPY = "rollback to savepoint before_calls_copy"
 
@@ -189,7 +216,7 @@ class RecentCalls:
     (the oldest forgotten first): a repeat report among them is dropped before the write, so a
     batch's new calls can go in by binary COPY. Only committed pairs enter (``after_commit``), so
     every pair here is charged for good whoever owns its partition now; a repeat of a pair not here
-    (forgotten, or committed by another replica) makes the COPY hit the calls key, the authority."""
+    (forgotten, or committed by another replica) makes the COPY hit the ``call_ids`` key, the authority."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -411,7 +438,7 @@ class MeterStore:
         """Of these calls, those already in the ledger among the ones whose meter memory does not
         hold: a worker that has just started or taken over a partition (a replay, a restart) reads
         neither the meters nor the ledger's parts for calls it will not charge. Read only and not
-        waiting for other transactions: the calls key stays the authority (``record_calls``)."""
+        waiting for other transactions: the ``call_ids`` key stays the authority (``record_calls``)."""
         memory = self.memory
         asked = []
         for call, cycle in calls:
@@ -456,24 +483,34 @@ class MeterStore:
         none: the pairs recorded before (a repeat report: no second charge) are returned, and then
         nothing of ``rows`` is written (the fold that gave their places and parts counted them).
 
-        Binary COPY, about twice the rate of the deduplicating insert and half its PostgreSQL CPU
-        (docs/architecture.md, Decisions). When the COPY hits the calls key, it is undone and the
-        rows claimed with the deduplicating insert instead, which waits for a concurrent claim of
-        the same call to commit or roll back."""
+        Two binary COPYs: the ids into ``call_ids`` (the key that says a call was charged, ever),
+        then the rows into ``calls``, about twice the rate of the deduplicating insert and half its
+        PostgreSQL CPU (docs/architecture.md, Decisions). When a COPY hits a key, both are undone
+        and the ids claimed with the deduplicating insert instead, which waits for a concurrent
+        claim of the same call to commit or roll back; the rows follow only if none was claimed
+        before. A place in a meter taken meanwhile by another call (another transaction folded the
+        same meter: its ids differ from these) refuses the rows: the batch is retried, its
+        accounts' meters read again from the database."""
         if not rows:
             return set()
         conn = await self._driver()
+        ids = [(a, c, s) for a, c, _, s, _, _, _ in rows]
         await conn.execute(BEFORE_CALLS_COPY)
         try:
+            await conn.copy_records_to_table(call_ids.name, records=ids, columns=CALL_IDS_COLUMNS)
             await conn.copy_records_to_table(calls.name, records=rows, columns=CALLS_COLUMNS)
         except asyncpg.UniqueViolationError:
             await conn.execute(UNDO_CALLS_COPY)
-            claimed = await conn.fetch(
-                CLAIM_CALLS, _json([(a, c, str(k), str(s), q, str(b), str(o)) for a, c, k, s, q, b, o in rows])
-            )
+            claimed = await conn.fetch(CLAIM_CALL_IDS, _json([(a, c, str(s)) for a, c, s in ids]))
             if claimed:
                 await conn.execute(UNDO_CALLS_COPY)
                 return {(rows[index][0], rows[index][1]) for (index,) in claimed}
+            try:
+                await conn.copy_records_to_table(calls.name, records=rows, columns=CALLS_COLUMNS)
+            except asyncpg.UniqueViolationError as exc:
+                await conn.execute(UNDO_CALLS_COPY)
+                self.memory.drop({row[0] for row in rows})
+                raise ConcurrentUpdate(f"a place in a meter of this batch was taken meanwhile: {exc}") from exc
         return set()
 
     async def create_meters(self, new: list[tuple[str, Tracked]]) -> None:

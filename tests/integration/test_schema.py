@@ -8,6 +8,8 @@ import importlib
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,10 @@ async def migrate(engine: AsyncEngine, service: str, revision: str) -> None:
 
 
 def _declared(name: str | None, type_: str, _parent: Any) -> bool:
-    """The inbox's weekly partitions are made by the workers (shared/runtime/retention.py), not declared."""
-    return not (type_ == "table" and name is not None and re.fullmatch(r"inbox_\d{8}", name))
+    """The inbox's weekly partitions and the calls ledger's monthly ones (and its default) are made
+    by the migrations and the workers (shared/runtime/retention.py, usage metering's partitions.py),
+    not declared."""
+    return not (type_ == "table" and name is not None and re.fullmatch(r"inbox_\d{8}|calls_(\d{6}|default)", name))
 
 
 def differences(engine_connection: sa.Connection, metadata: sa.MetaData) -> list[Any]:
@@ -83,3 +87,74 @@ async def test_a_database_migrated_from_the_first_revision_has_the_declared_sche
     async with scratch_database.connect() as conn:
         found = await conn.run_sync(differences, metadata)
     assert found == [], "the migrations and the model disagree:\n" + "\n".join(map(repr, found))
+
+
+async def downgrade(engine: AsyncEngine, service: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
+
+    def run(connection: sa.Connection) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+async def test_the_calls_ledger_by_month_keeps_every_call_and_meter_through_an_archive_and_a_downgrade(
+    scratch_database: AsyncEngine,
+) -> None:
+    """Usage metering's revision 0010 moves the calls into monthly partitions (the calls from before
+    meters in memory, place 0, get places below 1) and their ids into ``call_ids``; an archived
+    month's calls come back as their keys on a downgrade, so each call is still charged once and
+    each meter is what it was."""
+    from services.usage_metering import partitions
+
+    await migrate(scratch_database, "usage_metering", "0009")
+    nov = "date '2025-11-01'"
+    async with scratch_database.begin() as conn:
+        for statement in (
+            "insert into accounts values ('acme', 1, 250.00, date '2026-01-01', date '2026-02-01', 0)",
+            f"insert into meter_snapshots values ('acme', {nov}, date '2025-12-01', 250.00, 13.00, 0, 0, false, 0, 1)",
+            f"insert into calls values ('acme', 'old-1', 5.00, {nov}, 0, 0, 0), ('acme', 'old-2', 6.00, {nov}, 0, 0, 0),"
+            f" ('acme', 'c1', 2.00, {nov}, 1, 2.00, 0), ('acme', 'c2', 1.50, {nov}, 2, 1.50, 0),"
+            " ('acme', 'd1', 4.00, date '2025-12-01', 1, 4.00, 0)",
+            "insert into meter_snapshots values ('acme', date '2025-12-01', date '2026-01-01', 250.00, 0, 0, 0, false,"
+            " 0, 0)",
+        ):
+            await conn.execute(sa.text(statement))
+
+    async def meters() -> list[Any]:
+        async with scratch_database.connect() as conn:
+            found = await conn.execute(sa.text("select cycle_start, billable, late_unbilled, through_seq from meters"))
+            return sorted(tuple(r) for r in found)
+
+    expected = await meters()
+    assert [m[1] for m in expected] == [Decimal("14.50"), Decimal("4.00")]
+    await migrate(scratch_database, "usage_metering", "0010")
+    async with scratch_database.connect() as conn:
+        places = await conn.execute(sa.text("select call_id, seq from calls order by call_id"))
+        assert [tuple(r) for r in places] == [("c1", 1), ("c2", 2), ("d1", 1), ("old-1", -1), ("old-2", -2)]
+        assert await conn.scalar(sa.text("select count(*) from call_ids")) == 5
+        assert await conn.scalar(sa.text("select count(*) from calls_202511")) == 4  # a partition per month
+    assert await meters() == expected
+
+    async with scratch_database.connect() as conn:
+        raw = await conn.get_raw_connection()
+        done = await partitions.archive(raw.driver_connection, date(2025, 12, 1), "test")
+    assert [m.month for m in done.archived] == [date(2025, 11, 1)]
+    assert await meters() == expected  # the snapshot caught up with calls 2 and the view stays
+
+    await downgrade(scratch_database, "usage_metering", "0009")
+    async with scratch_database.connect() as conn:
+        kept = await conn.execute(sa.text("select call_id, cost, seq from calls order by call_id"))
+        assert [tuple(r) for r in kept] == [
+            ("c1", Decimal(0), 0),  # archived: its key only
+            ("c2", Decimal(0), 0),
+            ("d1", Decimal("4.000000"), 1),
+            ("old-1", Decimal(0), 0),
+            ("old-2", Decimal(0), 0),
+        ]
+    assert await meters() == expected
+    await migrate(scratch_database, "usage_metering", "head")
+    assert await meters() == expected
