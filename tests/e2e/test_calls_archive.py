@@ -16,7 +16,7 @@ from contracts import messages as m
 from services.usage_metering.partitions import next_month, partition_name
 from tests import support
 from tests.e2e.test_billing_cli import billing
-from tests.e2e.test_usage_metering import _metering, _records, _reported_again
+from tests.e2e.test_usage_metering import _memory, _metering, _records, _reported_again
 from tests.support import SCHEDULER, Bus, message, rows, scalar, wait_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
@@ -176,3 +176,22 @@ async def test_a_call_is_charged_once_whatever_month_it_comes_dated_in(stack: Bu
     )
     assert [(r[0], r[1]) for r in found] == [(first.call_id, date(2026, 11, 1)), ("next", date(2026, 12, 1))]
     assert (await meter(dbs, account, date(2026, 12, 1)))[0] == Decimal("1.00")
+
+
+async def test_a_call_folded_into_a_place_another_call_took_meanwhile_is_charged_after_it(stack: Bus, dbs) -> None:
+    """The ledger's key is a meter's calls in order: a process whose memory of a meter is behind
+    the database (another process charged it meanwhile, with another call) cannot write its call
+    into the place taken; its batch is retried on the meter as it stands, and each call counts once."""
+    nov_1, nov_10 = date(2026, 11, 1), date(2026, 11, 10)
+    account = await support.open_account(stack, nov_1, 1)
+    behind, other = _metering(recent_calls=1000)(dbs), _metering(recent_calls=1000)(dbs)
+    await behind.process(_records(account, [call(account, nov_10, "p1", "1.00")]))  # holds the meter: place 1
+    await other.process(_records(account, [call(account, nov_10, "p2", "2.00")]))  # read from the database: place 2
+    await behind.process(_records(account, [call(account, nov_10, "p3", "4.00")]))  # folded at place 2, refused
+    found = await rows(
+        dbs["usage_metering"], "select call_id, seq from calls where account_id = :a order by 2", a=account
+    )
+    assert [(r[0], r[1]) for r in found] == [("p1", 1), ("p2", 2), ("p3", 3)]
+    assert (await meter(dbs, account, nov_1))[0] == Decimal("7.00")
+    held = _memory(behind).get(account, 0, nov_1)
+    assert held is not None and (held.meter.billable, held.position) == (Decimal("7.00"), 3)
