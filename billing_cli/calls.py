@@ -13,10 +13,11 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
 import typer
 from rich.table import Table
 
-from billing_cli.output import console, print_json
+from billing_cli.output import console, fail, print_json
 
 app = typer.Typer(
     help="The calls ledger by month: archive the months whose cycles are all sealed.", no_args_is_help=True
@@ -55,7 +56,10 @@ def archive(
         finally:
             await metering.close()
 
-    done = asyncio.run(work())
+    try:
+        done = asyncio.run(work())
+    except (RuntimeError, asyncpg.PostgresError) as exc:  # a check failed, or a lock not had in time: nothing archived
+        fail(f"nothing archived: {exc}")
     if json:
         print_json(done)
         return
