@@ -11,11 +11,13 @@ What makes a call charged once, ever, is ``call_ids`` (one table, never archived
   months archived. Nothing to make (nearly always): no lock is taken.
 - **Archiving** (``archive``): a month's partition is detached once every cycle in it is sealed
   (every account's open cycle starts after the month) and the month ended before the date given.
-  First each of its meters' snapshots is made to hold all the meter's calls (a late call after
-  the seal is only in the ledger until the next snapshot or seal), so the view ``meters`` stays
-  the same without the partition; then it is checked that no call of the partition is left out of
-  its snapshot. The detached table (``calls_YYYYMM``) keeps the month's calls for a dump; the month
-  is recorded in ``call_archives``.
+  In the same transaction each of its meters' snapshots is first made to hold all the meter's
+  calls (a late call after the seal is only in the ledger until the next snapshot or seal), so
+  the view ``meters`` stays the same without the partition. The detached table (``calls_YYYYMM``)
+  keeps the month's calls for a dump; the month is recorded in ``call_archives``. A month archived
+  by mistake comes back by hand: its calls in ``calls_default`` moved into the table, then
+  ``ALTER TABLE calls ATTACH PARTITION calls_YYYYMM FOR VALUES FROM (...) TO (...)`` and its row of
+  ``call_archives`` deleted.
 - **A call for an archived month** (a late call, an account opened late) is charged once like any
   other (its id goes to ``call_ids``) and its row lands in ``calls_default``, where the view adds it
   after the snapshot; it is billed on the next invoice as late usage. An archived month is never
@@ -147,16 +149,20 @@ class Archive:
 async def _month(conn: Any, month: date, partition: str | None) -> Month:
     end = next_month(month)
     calls = await conn.fetchval("select count(*) from calls where cycle_start >= $1 and cycle_start < $2", month, end)
-    open_cycles = await conn.fetchval("select count(*) from accounts where open_cycle_start < $1", end)
     behind = await conn.fetchval(
         "select count(*) from meters where cycle_start >= $1 and cycle_start < $2 and through_seq > snapshot_seq",
         month,
         end,
     )
-    return Month(month, partition, calls, open_cycles, behind)
+    return Month(month, partition, calls, await _open_cycles(conn, end), behind)
 
 
-# A meter's snapshot made to hold all its calls: what the view shows, written into it.
+async def _open_cycles(conn: Any, end: date) -> int:
+    return int(await conn.fetchval("select count(*) from accounts where open_cycle_start < $1", end))
+
+
+# Each meter of a month made to hold all its calls: what the view shows, written into its snapshot
+# (the snapshots found by their cycle, then a probe of each meter's calls after it by the key).
 CATCH_UP = (
     "update meter_snapshots s set billable = m.billable, over_cap = m.over_cap, alerted = m.alerted, "
     "blocked = m.blocked, late_unbilled = m.late_unbilled, through_seq = m.through_seq from meters m "
@@ -167,39 +173,39 @@ CATCH_UP = (
 
 async def archive(conn: Any, before: date, by: str, dry_run: bool = False) -> Archive:
     """Detach the partitions of the months that ended on or before ``before`` (and before today)
-    whose every cycle is sealed. ``conn``: an asyncpg connection outside a transaction."""
-    async with conn.transaction():
-        if not dry_run:
+    whose every cycle is sealed. ``conn``: an asyncpg connection outside a transaction.
+
+    What reads a whole month (its calls counted) runs without the metering lock, so the calls
+    path goes on meanwhile. Each month is then archived in a transaction of its own that holds
+    the lock alone for as long as it reads the accounts' open cycles, catches the month's
+    snapshots up (one probe per meter) and detaches the partition."""
+    today = await conn.fetchval("select (now() at time zone 'utc')::date")
+    attached = await attached_months(conn)
+    candidates = (set(attached) | await default_months(conn)) - await archived_months(conn)
+    ended = sorted(m for m in candidates if next_month(m) <= min(before, today))
+    months = [await _month(conn, m, attached.get(m)) for m in ended]
+    archived: list[Month] = []
+    for month in months:
+        if dry_run or not month.archivable:
+            continue
+        end = next_month(month.month)
+        async with conn.transaction():
             await _hold_metering(conn)
-        today = await conn.fetchval("select (now() at time zone 'utc')::date")
-        attached = await attached_months(conn)
-        candidates = (set(attached) | await default_months(conn)) - await archived_months(conn)
-        ended = sorted(m for m in candidates if next_month(m) <= min(before, today))
-        months = [await _month(conn, m, attached.get(m)) for m in ended]
-        archived: list[Month] = []
-        for month in months:
-            if dry_run or not month.archivable:
-                continue
+            if await _open_cycles(conn, end):  # an account opened meanwhile, in the month or before
+                break
             name = month.partition or await _make_partition(conn, month.month)
-            end = next_month(month.month)
             await conn.execute(CATCH_UP, month.month, end)
-            left_out = await conn.fetchval(
-                f'select count(*) from "{name}" c left join meter_snapshots s on s.account_id = c.account_id '
-                "and s.cycle_start = c.cycle_start where s.account_id is null or c.seq > s.through_seq"
-            )
-            if left_out:
-                raise RuntimeError(
-                    f"{name}: {left_out} calls are not held by their meters' snapshots; nothing archived"
-                )
             await conn.execute(f'alter table calls detach partition "{name}"')
             await conn.execute(
-                "insert into call_archives (month, partition, calls, archived_by) values ($1, $2, $3, $4)",
+                "insert into call_archives (month, partition, calls, archived_by) values ($1, $2, 0, $3)",
                 month.month,
                 name,
-                month.calls,
                 by,
             )
-            archived.append(Month(month.month, name, month.calls, 0, month.snapshots_behind))
+        # Counted once detached (it blocks nothing then): with the late calls that came meanwhile.
+        calls = await conn.fetchval(f'select count(*) from "{name}"')
+        await conn.execute("update call_archives set calls = $2 where month = $1", month.month, calls)
+        archived.append(Month(month.month, name, calls, 0, month.snapshots_behind))
     return Archive(before, dry_run, months, archived)
 
 

@@ -64,6 +64,7 @@ meter_snapshots = sa.Table(
         comment="the meter's calls (calls.seq) this snapshot holds: 1 to through_seq",
     ),
     sa.CheckConstraint("billable >= 0 and over_cap >= 0 and late_unbilled >= 0", name="meter_amounts"),
+    sa.Index("meter_snapshots_by_cycle", "cycle_start"),  # a month's, for the archive (partitions.py)
     postgresql_with={"fillfactor": 70},  # room on each page for in-place (HOT) updates of the snapshots
 )
 # The calls ledger: each call with what the fold decided for it, so a meter is its snapshot plus its

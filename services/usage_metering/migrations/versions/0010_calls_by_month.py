@@ -10,7 +10,8 @@ be archived, and each call's id kept apart, for good.
   insert never fails for want of a partition. Its key is (account_id, cycle_start, seq): a meter's
   calls in order, what the view ``meters`` reads after a snapshot; two calls can no longer take
   one place in a meter. The worker makes the coming months' partitions (``partitions.py``).
-- ``call_archives``: the months whose partition was detached (``billing calls archive``).
+- ``call_archives``: the months whose partition was detached (``billing calls archive``), which
+  reads a month's snapshots by their cycle (``meter_snapshots_by_cycle``).
 
 Calls recorded before revision 0009 have ``seq`` 0 (their meters' snapshots hold them); they get
 places below 0 here, -1, -2, ... per meter, which the view never adds (it adds those after the
@@ -101,6 +102,8 @@ def upgrade() -> None:
     op.execute(
         "comment on column call_archives.month is 'the month (its first day) whose cycles'' calls were detached'"
     )
+    # The archive reads one month's snapshots (not updated in the index: a snapshot's write stays in place).
+    op.execute("create index meter_snapshots_by_cycle on meter_snapshots (cycle_start)")
     op.execute(METERS_VIEW)
 
 
@@ -128,4 +131,5 @@ def downgrade() -> None:
     op.execute("drop table calls_partitioned")  # with its partitions
     op.execute("drop table call_ids")
     op.execute("drop table call_archives")
+    op.execute("drop index meter_snapshots_by_cycle")
     op.execute(METERS_VIEW)
