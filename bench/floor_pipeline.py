@@ -1,8 +1,9 @@
 """The floor of usage metering's pipeline on this machine (run by ``bench_usage_metering``, part (a)).
 
 A bare process reads its share of the ``usage.calls`` partitions (``getmany``, ``json.loads``),
-records each batch's calls with the service's deduplicating insert (``storage.CLAIM_CALLS`` on the
-four columns any calls ledger needs, into a keyed table in the ``bench_raw`` database), commits
+records each batch's calls with the service's deduplicating insert (the shape of
+``storage.CLAIM_CALL_IDS``, on the four columns any calls ledger needs, into one keyed table in the
+``bench_raw`` database), commits
 that transaction, then the offsets. Nothing else: no accounts or cycles (the cycle is the call's
 month: the benchmark's accounts bill on day 1), no meters, alerts, outbox or framework. As many
 processes run at once as the service has replicas, on the same broker and PostgreSQL, so the
@@ -48,10 +49,11 @@ TABLE = "floor_calls"
 COLUMNS = ("account_id", "call_id", "cost", "cycle_start")
 CREATE_TABLE = (
     f"create table if not exists {TABLE} (account_id text, call_id text, cost numeric(20, 6) not null, "
-    "cycle_start date not null, primary key (account_id, call_id))"  # as metering's `calls`
+    "cycle_start date not null, primary key (account_id, call_id))"  # metering's key, in one table
 )
-# Metering's deduplicating insert (``storage.CLAIM_CALLS``) on the four columns every calls ledger
-# needs; metering's own also writes what its fold decided for each call (its place and parts).
+# Metering's deduplicating insert (the shape of ``storage.CLAIM_CALL_IDS``) on the four columns every
+# calls ledger needs; metering's own claims the ids in ``call_ids``, then writes the calls with what
+# its fold decided for each (its place and parts) into the partitioned ``calls``.
 FLOOR_CLAIM = (
     "with given as (select r->>0 as a, r->>1 as c, (r->>2)::numeric as k, (r->>3)::date as s, i - 1 as i "
     "from jsonb_array_elements($1::jsonb) with ordinality as t(r, i)), "
