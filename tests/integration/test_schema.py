@@ -51,16 +51,18 @@ async def scratch_database() -> AsyncIterator[AsyncEngine]:
         await admin.dispose()
 
 
-async def migrate(engine: AsyncEngine, service: str, revision: str) -> None:
+async def migrate(engine: AsyncEngine, service: str, revision: str, down: bool = False) -> None:
+    """Upgrade (or with ``down``, downgrade) ``service``'s database to ``revision``."""
     config = Config()
     config.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
+    move = command.downgrade if down else command.upgrade
 
-    def upgrade(connection: sa.Connection) -> None:
+    def run(connection: sa.Connection) -> None:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        move(config, revision)
 
     async with engine.begin() as conn:
-        await conn.run_sync(upgrade)
+        await conn.run_sync(run)
 
 
 def _declared(name: str | None, type_: str, _parent: Any) -> bool:
@@ -87,18 +89,6 @@ async def test_a_database_migrated_from_the_first_revision_has_the_declared_sche
     async with scratch_database.connect() as conn:
         found = await conn.run_sync(differences, metadata)
     assert found == [], "the migrations and the model disagree:\n" + "\n".join(map(repr, found))
-
-
-async def downgrade(engine: AsyncEngine, service: str, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
-
-    def run(connection: sa.Connection) -> None:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
 
 
 async def test_the_calls_ledger_by_month_keeps_every_call_and_meter_through_an_archive_and_a_downgrade(
@@ -145,7 +135,7 @@ async def test_the_calls_ledger_by_month_keeps_every_call_and_meter_through_an_a
     assert [m.month for m in done.archived] == [date(2025, 11, 1)]
     assert await meters() == expected  # the snapshot caught up with calls 2 and the view stays
 
-    await downgrade(scratch_database, "usage_metering", "0009")
+    await migrate(scratch_database, "usage_metering", "0009", down=True)
     async with scratch_database.connect() as conn:
         kept = await conn.execute(sa.text("select call_id, cost, seq from calls order by call_id"))
         assert [tuple(r) for r in kept] == [
