@@ -32,7 +32,7 @@ from contracts.access import reader_of, sender_of, writer_of
 from deploy import credentials
 from shared.runtime.authentication import Signer
 from tests.conftest import free_port
-from tests.support import ADMIN, dsn, message, new_account
+from tests.support import ADMIN, dsn, message, new_account, scalar, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "stack.sh"
@@ -183,7 +183,7 @@ def license_orders(tls_stack: TlsStack, scratch_database: tuple[str, str]) -> It
 
 
 async def test_a_client_that_trusts_the_stacks_ca_talks_and_one_that_does_not_cannot_connect(
-    tls_stack: TlsStack, license_orders: Path
+    tls_stack: TlsStack, license_orders: Path, scratch_database: tuple[str, str]
 ) -> None:
     # The admin UI's client reads licensing.events over SASL_SSL, trusting the stack's CA.
     events = AIOKafkaConsumer(
@@ -198,6 +198,9 @@ async def test_a_client_that_trusts_the_stacks_ca_talks_and_one_that_does_not_ca
         day = date(2026, 11, 16)
         opened = message(m.AccountOpened, account, day, billing_day=1)
         await _produce(tls_stack, "platform.accounts", opened, writer_of("platform.accounts").name, sign=False)
+        # The two topics are read independently: buy only once the worker knows the account, as
+        # the admin UI would (a purchase for an unknown account is rightly rejected).
+        await _wait_for_account(scratch_database, account, license_orders)
         purchase = message(m.PurchaseLicenses, account, day, actor=ADMIN, product="user", quantity=3)
         buyer = sender_of("licensing.commands", "office_admin").name
         await _produce(tls_stack, "licensing.commands", purchase, buyer, sign=True)
@@ -224,6 +227,20 @@ async def test_a_client_that_trusts_the_stacks_ca_talks_and_one_that_does_not_ca
     with pytest.raises(KafkaError):
         await refused.start()
     await refused.stop()
+
+
+async def _wait_for_account(scratch_database: tuple[str, str], account: str, log: Path) -> None:
+    name = scratch_database[0]
+    url = dsn(name, role="postgres").replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    try:
+        await wait_until(
+            lambda: scalar(engine, "select count(*) from accounts where account_id = :a", a=account),
+            timeout=90,
+            what=f"license orders to open the account (its log: {log})",
+        )
+    finally:
+        await engine.dispose()
 
 
 async def _answer_to(consumer: AIOKafkaConsumer, causation_id: str) -> dict[str, Any]:
