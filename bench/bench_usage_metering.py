@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import random
 import sys
 from collections import Counter
@@ -291,12 +292,13 @@ async def floor_rate(
                 sys.executable,
                 "-m",
                 "bench.floor_pipeline",
-                stack.dsn("bench_raw"),
                 stack.bootstrap,
                 CALLS,
                 json.dumps(ranges),
                 mode,
                 stdout=asyncio.subprocess.PIPE,
+                # The DSN holds the stack's password: in the environment, not on the command line (ps).
+                env={**os.environ, floor_pipeline.DSN_VARIABLE: stack.dsn("bench_raw")},
             )
         )
     try:

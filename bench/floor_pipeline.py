@@ -22,8 +22,9 @@ The mode says how a batch is read and written:
   ``COPY`` that still hits the key (never, with the process's whole history in memory) falls back
   to the deduplicating insert, so the rows written are the same in every mode.
 
-Run as a child: ``python -m bench.floor_pipeline DSN BOOTSTRAP TOPIC RANGES MODE`` (RANGES:
-JSON ``{partition: [start, end]}``); prints one JSON line: records, first and last batch times, CPU.
+Run as a child: ``python -m bench.floor_pipeline BOOTSTRAP TOPIC RANGES MODE`` with the DSN in
+``BENCH_FLOOR_DSN`` (RANGES: JSON ``{partition: [start, end]}``); prints one JSON line: records,
+first and last batch times, CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +48,7 @@ from contracts.messages import CallCharged
 from deploy.credentials import STACK_PRINCIPAL, kafka_options
 
 TABLE = "floor_calls"
+DSN_VARIABLE = "BENCH_FLOOR_DSN"  # the DSN (it holds a password) comes in the environment, not argv
 COLUMNS = ("account_id", "call_id", "cost", "cycle_start")
 CREATE_TABLE = (
     f"create table if not exists {TABLE} (account_id text, call_id text, cost numeric(20, 6) not null, "
@@ -161,7 +164,8 @@ async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int,
 
 
 def main() -> None:
-    dsn, bootstrap, topic, ranges, mode = sys.argv[1:6]
+    bootstrap, topic, ranges, mode = sys.argv[1:5]
+    dsn = os.environ[DSN_VARIABLE]
     if mode not in MODES:
         raise SystemExit(f"mode must be one of {MODES}, not {mode!r}")
     parsed = {int(p): (int(se[0]), int(se[1])) for p, se in json.loads(ranges).items()}
