@@ -83,6 +83,10 @@ async def fill(dsn: str, rows: int, partitioned: bool) -> dict[str, int]:
             "select count(*) = 1 from information_schema.columns where table_name = 'calls' and column_name = 'seq'"
         )
         with_ids = await conn.fetchval("select to_regclass('call_ids') is not null")
+        in_micros = await conn.fetchval(  # revision 0011: the calls' amounts in micro-dollars
+            "select data_type = 'bigint' from information_schema.columns where table_name = 'calls' "
+            "and column_name = 'cost'"
+        )
         cycle_start = date.today().replace(day=1)  # this month's partition (made by the migration)
         places: dict[str, int] = {}  # each account's last call's place in its meter
         for start in range(0, rows, BATCH):
@@ -92,8 +96,9 @@ async def fill(dsn: str, rows: int, partitioned: bool) -> dict[str, int]:
                 batch = []
                 for account in accounts:
                     places[account] = places.get(account, 0) + 1
-                    cost = Decimal("0.012500")
-                    batch.append((account, str(uuid.uuid4()), cost, cycle_start, places[account], cost, Decimal(0)))
+                    cost: Decimal | int = 12_500 if in_micros else Decimal("0.012500")
+                    nothing: Decimal | int = 0 if in_micros else Decimal(0)
+                    batch.append((account, str(uuid.uuid4()), cost, cycle_start, places[account], cost, nothing))
                 async with conn.transaction():  # one batch's transaction, as the calls path writes it
                     if with_ids:
                         ids = [(a, c, s) for a, c, _, s, _, _, _ in batch]

@@ -12,7 +12,16 @@ from contracts.envelope import Envelope
 from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.settings import Settings
-from services.usage_metering.storage import Account, Call, MeterKey, MeterStore, Tracked
+from services.usage_metering.storage import (
+    MICRO_DOLLARS,
+    Account,
+    Call,
+    MeterKey,
+    MeterStore,
+    Tracked,
+    micro_dollars,
+    usd,
+)
 from shared.cycles import Cycle, cycle_containing, next_cycle
 from shared.money import tidy
 from shared.rejections import Rejected
@@ -148,13 +157,15 @@ async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> No
         _emit_alerts(unit, call, cycle, [alert])
     if metrics.enabled:
         unit.count(CALLS_ACCRUED, len(rows))
-        unit.count(BILLABLE_USD, sum((row[5] for row in rows), domain.ZERO))
-        unit.count(OVER_CAP_USD, sum((row[6] for row in rows), domain.ZERO))
+        unit.count(BILLABLE_USD, usd(sum(row[5] for row in rows)))
+        unit.count(OVER_CAP_USD, usd(sum(row[6] for row in rows)))
 
 
 def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[str, Account]) -> Folded:
     """Each meter's calls in order: ``accrue_calls`` (or ``accrue_late_calls`` for a cycle already
-    sealed), each call numbered after the meter's last one."""
+    sealed), each call numbered after the meter's last one, its amounts in micro-dollars (the
+    ledger's unit). A part that is the call's cost or zero, as most are, is not converted again."""
+    zero, micro = domain.ZERO, MICRO_DOLLARS
     rows: list[Call] = []
     states: dict[MeterKey, Tracked] = {}
     alerts: list[tuple[m.CallCharged, Cycle, domain.Alert]] = []
@@ -169,7 +180,27 @@ def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[st
         seq = before.position
         for call, (billable, over_cap) in zip(calls, parts, strict=True):
             seq += 1
-            rows.append((account_id, call.call_id, call.cost, cycle.start, seq, billable, over_cap))
+            cost = call.cost
+            scaled = cost * micro
+            micros = int(scaled)
+            if micros != scaled:  # the contract refuses a cost of more than 6 decimal places
+                raise ValueError(f"a call cost of {cost} USD is not a whole number of micro-dollars")
+            if billable is cost and over_cap is zero:
+                rows.append((account_id, call.call_id, micros, cycle.start, seq, micros, 0))
+            elif billable is zero and over_cap is cost:
+                rows.append((account_id, call.call_id, micros, cycle.start, seq, 0, micros))
+            else:
+                rows.append(
+                    (
+                        account_id,
+                        call.call_id,
+                        micros,
+                        cycle.start,
+                        seq,
+                        micro_dollars(billable),
+                        micro_dollars(over_cap),
+                    )
+                )
         states[(account_id, cycle.start)] = Tracked(meter, before.cycle, seq, before.saved)
     return rows, states, alerts
 

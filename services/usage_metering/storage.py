@@ -67,15 +67,17 @@ meter_snapshots = sa.Table(
     sa.Index("meter_snapshots_by_cycle", "cycle_start"),  # a month's, for the archive (partitions.py)
     postgresql_with={"fillfactor": 70},  # room on each page for in-place (HOT) updates of the snapshots
 )
+MICRO_COMMENT = "micro-dollars (1 = 0.000001 USD)"
 # The calls ledger: each call with what the fold decided for it, so a meter is its snapshot plus its
-# calls after it. Partitioned by the month its cycles start in (``partitions.py``): old months
+# calls after it; its amounts in integer micro-dollars (migration 0011: cheaper to COPY than numerics),
+# made USD again by the view ``meters``. Partitioned by the month its cycles start in (``partitions.py``): old months
 # can be archived. Its key is a meter's calls in order; ``call_ids`` says a call was charged.
 calls = sa.Table(
     "calls",
     metadata,
     sa.Column("account_id", sa.Text, primary_key=True),
     sa.Column("call_id", sa.Text, nullable=False),
-    sa.Column("cost", sa.Numeric(20, 6), nullable=False),
+    sa.Column("cost", sa.BigInteger, nullable=False, comment=MICRO_COMMENT),
     sa.Column("cycle_start", sa.Date, primary_key=True),
     sa.Column(
         "seq",
@@ -83,8 +85,8 @@ calls = sa.Table(
         primary_key=True,
         comment="the call's place in its meter (account, cycle): 1, 2, ...; below 1 before meters in memory",
     ),
-    sa.Column("billable", sa.Numeric(20, 6), nullable=False),
-    sa.Column("over_cap", sa.Numeric(20, 6), nullable=False),
+    sa.Column("billable", sa.BigInteger, nullable=False, comment=MICRO_COMMENT),
+    sa.Column("over_cap", sa.BigInteger, nullable=False, comment=MICRO_COMMENT),
     postgresql_partition_by="RANGE (cycle_start)",  # calls_YYYYMM and calls_default: see partitions.py
 )
 # Every call ever charged, by (account, call id): what makes a call charged once, ever. Never
@@ -209,7 +211,23 @@ BEFORE_CALLS_COPY = "savepoint before_calls_copy"
 UNDO_CALLS_COPY = "rollback to savepoint before_calls_copy"
 
 CallKey = tuple[str, str]  # account id, call id
-Call = tuple[str, str, Decimal, date, int, Decimal, Decimal]  # CALLS_COLUMNS
+Call = tuple[str, str, int, date, int, int, int]  # CALLS_COLUMNS: cost, billable, over_cap in micro-dollars
+
+MICRO_DOLLARS = Decimal(1_000_000)  # in a USD
+
+
+def micro_dollars(amount: Decimal) -> int:
+    """An amount of USD with at most 6 decimal places as integer micro-dollars, exactly (else ValueError)."""
+    micros = amount * MICRO_DOLLARS
+    whole = int(micros)
+    if whole != micros:
+        raise ValueError(f"{amount} USD is not a whole number of micro-dollars")
+    return whole
+
+
+def usd(micros: int) -> Decimal:
+    """Integer micro-dollars as USD (6 decimal places), exactly."""
+    return Decimal(micros).scaleb(-6)
 
 
 class RecentCalls:

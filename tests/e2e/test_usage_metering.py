@@ -312,7 +312,7 @@ async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_m
     import random
 
     from services.usage_metering import domain
-    from services.usage_metering.storage import BITS
+    from services.usage_metering.storage import BITS, micro_dollars
     from shared.db import driver_connection, make_sessions
 
     rng = random.Random(21)
@@ -354,7 +354,17 @@ async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_m
             )
         )
         for seq, (cost, (billable, over)) in enumerate(zip(costs, parts, strict=True), start=1):
-            ledger.append((account, f"c{seq}", cost, cycle_start, seq, billable, over))
+            ledger.append(
+                (
+                    account,
+                    f"c{seq}",
+                    micro_dollars(cost),
+                    cycle_start,
+                    seq,
+                    micro_dollars(billable),
+                    micro_dollars(over),
+                )
+            )
         bits = sum(BITS[p] for p in meter.alerted)
         expected[account] = (meter.billable, meter.over_cap, bits, meter.blocked, meter.late_unbilled, len(costs))
 

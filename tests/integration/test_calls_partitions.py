@@ -39,7 +39,8 @@ async def test_the_coming_months_and_a_month_in_the_default_partition_get_their_
     await run(
         "insert into meter_snapshots values ('acme', date '2019-05-01', date '2019-06-01', 250.00, 0, 0, 0, false, 0, 0)"
     )
-    await run("insert into calls values ('acme', 'c1', 1.00, date '2019-05-01', 1, 1.00, 0)")  # no partition: default
+    # 1 USD (amounts in micro-dollars), of a month with no partition: into the default one
+    await run("insert into calls values ('acme', 'c1', 1000000, date '2019-05-01', 1, 1000000, 0)")
     assert await count("calls_default") == 1
 
     async with scratch_database.connect() as conn:
@@ -51,7 +52,7 @@ async def test_the_coming_months_and_a_month_in_the_default_partition_get_their_
 
         done = await partitions.archive(driver, date(2019, 6, 1), "test")
         assert [(m.month, m.partition, m.calls) for m in done.archived] == [(date(2019, 5, 1), "calls_201905", 1)]
-        await run("insert into calls values ('acme', 'c2', 2.00, date '2019-05-01', 2, 2.00, 0)")  # a late call
+        await run("insert into calls values ('acme', 'c2', 2000000, date '2019-05-01', 2, 2000000, 0)")  # a late call
         assert await partitions.ensure_partitions(driver, date(2031, 11, 20)) == []
     assert await count("calls_default") == 1
     async with scratch_database.connect() as conn:

@@ -148,3 +148,45 @@ async def test_the_calls_ledger_by_month_keeps_every_call_and_meter_through_an_a
     assert await meters() == expected
     await migrate(scratch_database, "usage_metering", "head")
     assert await meters() == expected
+
+
+async def test_the_calls_amounts_in_micro_dollars_leave_every_meter_as_it_was_both_ways(
+    scratch_database: AsyncEngine,
+) -> None:
+    """Usage metering's revision 0011 makes the calls' cost and parts integer micro-dollars: the
+    same amounts exactly (to the sixth place), and the view ``meters`` gives the same meters, in
+    USD of scale 6; its downgrade gives the numerics back."""
+    await migrate(scratch_database, "usage_metering", "0010")
+    nov = "date '2025-11-01'"
+    async with scratch_database.begin() as conn:
+        for statement in (
+            "insert into accounts values ('acme', 1, 250.00, date '2025-11-01', date '2025-12-01', 0)",
+            f"insert into meter_snapshots values ('acme', {nov}, date '2025-12-01', 250.00, 13.000001, 0, 0, false,"
+            " 0, 1)",
+            f"insert into calls values ('acme', 'c1', 2.00, {nov}, 1, 2.00, 0), "
+            f"('acme', 'c2', 240.123456, {nov}, 2, 236.999999, 3.123457), "
+            f"('acme', 'c3', 9999.999999, {nov}, 3, 0, 9999.999999), ('acme', 'c4', 0.000001, {nov}, 4, 0, 0.000001)",
+        ):
+            await conn.execute(sa.text(statement))
+
+    async def state() -> tuple[list[Any], list[Any]]:
+        await scratch_database.dispose()  # no statement prepared for the columns' old types
+        async with scratch_database.connect() as conn:
+            meters = await conn.execute(sa.text("select billable::text, over_cap::text, through_seq from meters"))
+            calls = await conn.execute(sa.text("select call_id, cost, billable, over_cap from calls order by call_id"))
+            return [tuple(r) for r in meters], [tuple(r) for r in calls]
+
+    meters, calls = await state()
+    assert meters == [("250.000000", "10003.123457", 4)]
+    await migrate(scratch_database, "usage_metering", "0011")
+    assert await state() == (
+        meters,
+        [
+            ("c1", 2_000_000, 2_000_000, 0),
+            ("c2", 240_123_456, 236_999_999, 3_123_457),
+            ("c3", 9_999_999_999, 0, 9_999_999_999),
+            ("c4", 1, 0, 1),
+        ],
+    )
+    await migrate(scratch_database, "usage_metering", "0010", down=True)
+    assert await state() == (meters, calls)
