@@ -266,7 +266,8 @@ async def test_a_batch_reads_its_meters_and_writes_their_snapshots_by_key_not_by
             "i % 200, 0, 0, false, 0, 3 from generate_series(1, 10000) i"
         )
         await conn.execute(
-            "insert into calls select 'plan-' || (i % 10000 + 1), 'c' || i, 1, date '2026-11-01', i / 10000 + 1, 1, 0 "
+            "insert into calls select 'plan-' || (i % 10000 + 1), 'c' || i, 1000000, date '2026-11-01', i / 10000 + 1, "
+            "1000000, 0 "  # 1 USD each, in micro-dollars
             "from generate_series(0, 49999) i"
         )
         await conn.execute("analyze accounts, meter_snapshots, calls")
