@@ -16,6 +16,7 @@ from services.usage_metering.storage import (
     MICRO_DOLLARS,
     Account,
     Call,
+    CallKey,
     MeterKey,
     MeterStore,
     Tracked,
@@ -96,8 +97,8 @@ async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
     await _charge(unit, batch, in_memory=True)
 
 
-# A batch's calls, each with its meter and cycle, grouped by meter in the order they came.
-ByMeter = dict[tuple[str, Cycle], list[m.CallCharged]]
+# A batch's calls grouped by meter (account, cycle start), in the order they came, with each meter's cycle.
+ByMeter = dict[MeterKey, list[m.CallCharged]]
 Folded = tuple[list[Call], dict[MeterKey, Tracked], list[tuple[m.CallCharged, Cycle, domain.Alert]]]
 
 
@@ -114,51 +115,79 @@ async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> No
     the batch is folded again."""
     store = unit.store
     await store.share_metering()
-    accounts = await store.accounts({call.account_id for call in batch})
-    unknown = sorted({call.account_id for call in batch} - accounts.keys())
+    account_ids = {call.account_id for call in batch}
+    accounts = await store.accounts(account_ids)
+    unknown = sorted(account_ids - accounts.keys())
     for account_id in unknown:  # it may be opening right now in another transaction: wait for it
         await unit.lock_account(account_id)
     if unknown:
         accounts |= await store.accounts(unknown)
 
-    known: list[tuple[m.CallCharged, Cycle]] = []
-    seen: set[tuple[str, str]] = set()
+    # Each call once however often reported, and none this process committed lately, by meter.
+    by_meter: ByMeter = {}
+    cycles: dict[MeterKey, Cycle] = {}
+    seen: set[CallKey] = set()
+    recent = store.recent_calls
     for call in batch:
         account = accounts.get(call.account_id)
         if account is None:
             await unit.park(USAGE_CALLS.name, call)  # its AccountOpened has not arrived yet
-        elif (call.account_id, call.call_id) not in seen:  # a call is charged once, however often reported
-            seen.add((call.account_id, call.call_id))
-            if not store.charged_lately(call.account_id, call.call_id):
-                known.append((call, cycle_containing(account.billing_day, call.business_date)))
+            continue
+        key = (call.account_id, call.call_id)
+        if key in seen or key in recent:
+            continue
+        seen.add(key)
+        cycle = cycle_containing(account.billing_day, call.business_date)
+        meter = (call.account_id, cycle.start)
+        calls = by_meter.get(meter)
+        if calls is None:
+            by_meter[meter] = [call]
+            cycles[meter] = cycle
+        else:
+            calls.append(call)
 
-    repeats = await store.recorded_before(known, accounts, in_memory)
+    held = store.meters_in_memory({key: accounts[key[0]] for key in by_meter}) if in_memory else {}
+    repeats = await store.recorded_before(
+        [(call.account_id, call.call_id) for key, calls in by_meter.items() if key not in held for call in calls]
+    )
     stale: set[str] = set()
     for _ in range(3):
-        by_meter: ByMeter = {}
-        for call, cycle in known:
-            if (call.account_id, call.call_id) not in repeats:
-                by_meter.setdefault((call.account_id, cycle), []).append(call)
-        tracked = await store.meters_to_fold([(accounts[a], cycle) for a, cycle in by_meter], stale, in_memory)
+        if repeats:
+            by_meter = _without(by_meter, repeats)
+        unread = {key: (accounts[key[0]], cycles[key]) for key in by_meter if key not in held}
+        tracked = held | await store.meters_from_database(unread)
         rows, states, alerts = _fold(by_meter, tracked, accounts)
         found = await store.record_calls(rows)
         if not found:
             break
         repeats |= found
         stale |= {account_id for account_id, _ in found}
+        held = {key: t for key, t in held.items() if key[0] not in stale}
     else:
         raise ConcurrentUpdate("the calls of this batch kept being charged by another transaction")
 
-    await store.create_meters([(a, t) for (a, _), t in states.items() if t.saved < 0])
-    states = {key: replace(t, saved=0) if t.saved < 0 else t for key, t in states.items()}
+    new = [(a, t) for (a, _), t in states.items() if t.saved < 0]
+    if new:
+        await store.create_meters(new)
+        states |= {(a, t.cycle.start): t._replace(saved=0) for a, t in new}
     epochs = {account_id: accounts[account_id].meter_epoch for account_id, _ in states}
-    store.remember(states, epochs, rows, stale, in_memory)
+    store.remember(states, epochs, seen, stale, in_memory)
     for call, cycle, alert in alerts:
         _emit_alerts(unit, call, cycle, [alert])
     if metrics.enabled:
         unit.count(CALLS_ACCRUED, len(rows))
         unit.count(BILLABLE_USD, usd(sum(row[5] for row in rows)))
         unit.count(OVER_CAP_USD, usd(sum(row[6] for row in rows)))
+
+
+def _without(by_meter: ByMeter, repeats: set[CallKey]) -> ByMeter:
+    """The meters' calls less those recorded before (a meter left with none drops out)."""
+    kept: ByMeter = {}
+    for key, calls in by_meter.items():
+        left = [call for call in calls if (call.account_id, call.call_id) not in repeats]
+        if left:
+            kept[key] = left
+    return kept
 
 
 def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[str, Account]) -> Folded:
@@ -169,39 +198,33 @@ def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[st
     rows: list[Call] = []
     states: dict[MeterKey, Tracked] = {}
     alerts: list[tuple[m.CallCharged, Cycle, domain.Alert]] = []
-    for (account_id, cycle), calls in by_meter.items():
-        before = tracked[(account_id, cycle.start)]
+    for key, calls in by_meter.items():
+        account_id, start = key
+        before = tracked[key]
+        cycle = before.cycle
         costs = [call.cost for call in calls]
         if cycle < accounts[account_id].open_cycle:
             meter, parts = domain.accrue_late_calls(before.meter, costs)
         else:
             meter, parts, raised = domain.accrue_calls(before.meter, costs)
-            alerts.extend((calls[index], cycle, alert) for index, alert in raised)
+            if raised:
+                alerts.extend((calls[index], cycle, alert) for index, alert in raised)
         seq = before.position
-        for call, (billable, over_cap) in zip(calls, parts, strict=True):
+        for call, cost, (billable, over_cap) in zip(calls, costs, parts, strict=True):
             seq += 1
-            cost = call.cost
             scaled = cost * micro
             micros = int(scaled)
             if micros != scaled:  # the contract refuses a cost of more than 6 decimal places
                 raise ValueError(f"a call cost of {cost} USD is not a whole number of micro-dollars")
             if billable is cost and over_cap is zero:
-                rows.append((account_id, call.call_id, micros, cycle.start, seq, micros, 0))
+                rows.append((account_id, call.call_id, micros, start, seq, micros, 0))
             elif billable is zero and over_cap is cost:
-                rows.append((account_id, call.call_id, micros, cycle.start, seq, 0, micros))
+                rows.append((account_id, call.call_id, micros, start, seq, 0, micros))
             else:
                 rows.append(
-                    (
-                        account_id,
-                        call.call_id,
-                        micros,
-                        cycle.start,
-                        seq,
-                        micro_dollars(billable),
-                        micro_dollars(over_cap),
-                    )
+                    (account_id, call.call_id, micros, start, seq, micro_dollars(billable), micro_dollars(over_cap))
                 )
-        states[(account_id, cycle.start)] = Tracked(meter, before.cycle, seq, before.saved)
+        states[key] = Tracked(meter, cycle, seq, before.saved)
     return rows, states, alerts
 
 

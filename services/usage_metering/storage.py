@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.messages import CallCharged
 from services.usage_metering.domain import THRESHOLDS, Meter
 from shared.cycles import Cycle
 from shared.db import driver_connection
@@ -128,8 +125,10 @@ def _from_bits(bits: int) -> frozenset[int]:
     return _FROM_BITS[bits]
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(NamedTuple):
+    """An account as metering knows it. A named tuple, not a frozen dataclass: the calls path makes
+    one for every account of a batch, and a tuple is built at about a third of the cost."""
+
     account_id: str
     billing_day: int
     cap: Decimal
@@ -138,6 +137,7 @@ class Account:
 
 
 MeterKey = tuple[str, date]
+_CYCLES: dict[tuple[date, date], Cycle] = {}  # the open cycles ``MeterStore.accounts`` has seen (a few a month)
 
 
 # Calls share this lock, one statement per batch; cap changes and seals take it alone. So a batch of
@@ -231,37 +231,41 @@ def usd(micros: int) -> Decimal:
 
 
 class RecentCalls:
-    """The (account, call id) pairs this process committed to ``calls`` lately, at most ``capacity``
-    (the oldest forgotten first): a repeat report among them is dropped before the write, so a
-    batch's new calls can go in by binary COPY. Only committed pairs enter (``after_commit``), so
-    every pair here is charged for good whoever owns its partition now; a repeat of a pair not here
-    (forgotten, or committed by another replica) makes the COPY hit the ``call_ids`` key, the authority."""
+    """The (account, call id) pairs this process committed to ``calls`` lately: a repeat report
+    among them is dropped before the write, so a batch's new calls can go in by binary COPY. Only
+    committed pairs enter (``after_commit``), so every pair here is charged for good whoever owns
+    its partition now; a repeat of a pair not here (forgotten, or committed by another replica)
+    makes the COPY hit the ``call_ids`` key, the authority.
+
+    Two generations of sets: pairs enter the young one; once it holds half of ``capacity``, it
+    becomes the old one and the old one is forgotten. So the latest ``capacity / 2`` pairs are
+    always held, and at most ``capacity`` plus one batch, at the cost of a set update a batch
+    (an ordered record that forgets one pair at a time costs a Python step per pair)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._known: set[CallKey] = set()
-        self._order: deque[CallKey] = deque()
+        self._generation = (capacity + 1) // 2
+        self._young: set[CallKey] = set()
+        self._old: set[CallKey] = set()
 
     def __contains__(self, key: CallKey) -> bool:
-        return key in self._known
+        return key in self._young or key in self._old
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._young) + len(self._old - self._young)
 
     def add(self, keys: Iterable[CallKey]) -> None:
-        for key in keys:
-            if key not in self._known:
-                self._known.add(key)
-                self._order.append(key)
-        while len(self._order) > self.capacity:
-            self._known.discard(self._order.popleft())
+        if not self.capacity:
+            return
+        self._young.update(keys)
+        if len(self._young) >= self._generation:
+            self._old, self._young = self._young, set()
 
 
-@dataclass(frozen=True, slots=True)
-class Tracked:
+class Tracked(NamedTuple):
     """A meter as the fold holds it: the meter, its cycle, how many of its calls it holds
     (``position``: calls 1 to position) and how many the snapshot in the database holds (``saved``;
-    -1: the meter has no row yet)."""
+    -1: the meter has no row yet). A named tuple, for the same reason as ``Account``."""
 
     meter: Meter
     cycle: Cycle
@@ -336,7 +340,7 @@ class MeterMemory:
             return
         tracked = held[1].get(cycle_start)
         if tracked is not None and tracked.saved < position <= tracked.position:
-            held[1][cycle_start] = replace(tracked, saved=position)
+            held[1][cycle_start] = tracked._replace(saved=position)
 
 
 def _json(rows: list[Any]) -> str:
@@ -439,62 +443,54 @@ class MeterStore:
         guesses 100 ids and hashes the whole table for every batch, however small; with an array
         it looks up each id in the primary key (docs/architecture.md, Decisions)."""
         rows = await (await self._driver()).fetch(ACCOUNTS_BY_ID + (" for update" if lock else ""), list(account_ids))
-        return {
-            account_id: Account(account_id, billing_day, cap, Cycle(open_cycle_start, open_cycle_end), epoch)
-            for account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch in rows
-        }
+        cycles = _CYCLES  # the accounts share a handful of open cycles: one object each, not one per row
+        found = {}
+        for account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch in rows:
+            cycle = cycles.get((open_cycle_start, open_cycle_end))
+            if cycle is None:
+                cycle = cycles[(open_cycle_start, open_cycle_end)] = Cycle(open_cycle_start, open_cycle_end)
+            found[account_id] = Account(account_id, billing_day, cap, cycle, epoch)
+        return found
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         await self.session.execute(sa.text(SET_CAP), {"account_id": account_id, "cap": cap})
 
-    def charged_lately(self, account_id: str, call_id: str) -> bool:
-        """This process committed the call lately: a repeat report, dropped before the fold."""
-        return (account_id, call_id) in self.recent_calls
-
-    async def recorded_before(
-        self, calls: list[tuple[CallCharged, Cycle]], accounts: dict[str, Account], in_memory: bool
-    ) -> set[CallKey]:
-        """Of these calls, those already in the ledger among the ones whose meter memory does not
-        hold: a worker that has just started or taken over a partition (a replay, a restart) reads
-        neither the meters nor the ledger's parts for calls it will not charge. Read only and not
-        waiting for other transactions: the ``call_ids`` key stays the authority (``record_calls``)."""
-        memory = self.memory
-        asked = []
-        for call, cycle in calls:
-            account = accounts[call.account_id]
-            if not in_memory or memory.get(account.account_id, account.meter_epoch, cycle.start) is None:
-                asked.append((call.account_id, call.call_id))
-        if not asked:
+    async def recorded_before(self, keys: list[CallKey]) -> set[CallKey]:
+        """Of these calls, those already in the ledger. Asked only for the calls of meters the memory
+        does not hold: a worker that has just started or taken over a partition (a replay, a
+        restart) reads neither the meters nor the ledger's parts for calls it will not charge. Read
+        only and not waiting for other transactions: the ``call_ids`` key stays the authority
+        (``record_calls``)."""
+        if not keys:
             return set()
-        found = await (await self._driver()).fetch(RECORDED_CALLS, _json(asked))
+        found = await (await self._driver()).fetch(RECORDED_CALLS, _json(keys))
         return {(account_id, call_id) for account_id, call_id in found}
 
-    async def meters_to_fold(
-        self, wanted: list[tuple[Account, Cycle]], stale: set[str], in_memory: bool
-    ) -> dict[MeterKey, Tracked]:
-        """The meters a batch folds into: from memory when it holds them at the account's epoch
-        (``in_memory``, and the account not in ``stale``), else as they stand in the database."""
-        found: dict[MeterKey, Tracked] = {}
-        missing: dict[MeterKey, tuple[Account, Cycle]] = {}
-        for account, cycle in wanted:
-            key = (account.account_id, cycle.start)
-            held = None
-            if in_memory and account.account_id not in stale:
-                held = self.memory.get(account.account_id, account.meter_epoch, cycle.start)
-            if held is None:
-                missing[key] = (account, cycle)
-            else:
+    def meters_in_memory(self, wanted: dict[MeterKey, Account]) -> dict[MeterKey, Tracked]:
+        """Those of these meters the memory holds at their account's epoch."""
+        get = self.memory.get
+        found = {}
+        for key, account in wanted.items():
+            held = get(key[0], account.meter_epoch, key[1])
+            if held is not None:
                 found[key] = held
-        if missing:
-            rows = await (await self._driver()).fetch(METERS_BY_KEY, _json([(a, str(s)) for a, s in missing]))
-            for row in rows:
-                key = (row["account_id"], row["cycle_start"])
-                found[key] = Tracked(
-                    _meter_of(row), Cycle(row["cycle_start"], row["cycle_end"]), row["through_seq"], row["snapshot_seq"]
-                )
-            for key, (account, cycle) in missing.items():
-                if key not in found:  # its first calls: a row is made for it with them (``create_meters``)
-                    found[key] = Tracked(Meter(cap=account.cap), cycle, 0, -1)
+        return found
+
+    async def meters_from_database(self, wanted: dict[MeterKey, tuple[Account, Cycle]]) -> dict[MeterKey, Tracked]:
+        """These meters as they stand in the database; one that has no row yet is empty (its row is
+        made with its first calls: ``create_meters``)."""
+        found: dict[MeterKey, Tracked] = {}
+        if not wanted:
+            return found
+        rows = await (await self._driver()).fetch(METERS_BY_KEY, _json([(a, str(s)) for a, s in wanted]))
+        for row in rows:
+            key = (row["account_id"], row["cycle_start"])
+            found[key] = Tracked(
+                _meter_of(row), Cycle(row["cycle_start"], row["cycle_end"]), row["through_seq"], row["snapshot_seq"]
+            )
+        for key, (account, cycle) in wanted.items():
+            if key not in found:
+                found[key] = Tracked(Meter(cap=account.cap), cycle, 0, -1)
         return found
 
     async def record_calls(self, rows: list[Call]) -> set[CallKey]:
@@ -543,20 +539,20 @@ class MeterStore:
         self,
         states: dict[MeterKey, Tracked],
         epochs: dict[str, int],
-        charged: list[Call],
+        charged: set[CallKey],
         stale: set[str],
         in_memory: bool,
     ) -> None:
         """When this transaction commits: the folded meters into memory (``in_memory``; ``stale``:
-        accounts whose meters were found behind the database, forgotten first), the calls into
+        accounts whose meters were found behind the database, forgotten first), and ``charged``,
+        the calls now in the ledger (charged by this batch or found charged before), into
         ``RecentCalls``."""
         memory, recent = self.memory, self.recent_calls
 
         def committed(_: Any) -> None:
             if in_memory:
                 memory.apply(states, epochs, stale)
-            if recent.capacity:
-                recent.add((call[0], call[1]) for call in charged)
+            recent.add(charged)
 
         sa.event.listen(self.session.sync_session, "after_commit", committed, once=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -263,6 +263,7 @@ class FakeMeterStore:
         self.calls: set[tuple[str, str]] = set()
         self.ledger: list[metering_storage.Call] = []  # the calls as recorded, with their places and parts
         self.stored: dict[tuple[str, date], tuple[date, Meter, int]] = {}  # -> (cycle end, meter, position)
+        self.recent_calls = metering_storage.RecentCalls(0)
 
     async def share_metering(self) -> None:
         pass
@@ -278,22 +279,21 @@ class FakeMeterStore:
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         account = self.accounts_by_id[account_id]
-        self.accounts_by_id[account_id] = replace(account, cap=cap, meter_epoch=account.meter_epoch + 1)
+        self.accounts_by_id[account_id] = account._replace(cap=cap, meter_epoch=account.meter_epoch + 1)
 
-    def charged_lately(self, account_id: str, call_id: str) -> bool:
-        return False
+    async def recorded_before(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        return {key for key in keys if key in self.calls}
 
-    async def recorded_before(
-        self, calls: list[tuple[m.CallCharged, Cycle]], accounts: dict[str, metering_storage.Account], in_memory: bool
-    ) -> set[tuple[str, str]]:
-        return {(call.account_id, call.call_id) for call, _ in calls if (call.account_id, call.call_id) in self.calls}
+    def meters_in_memory(
+        self, wanted: dict[tuple[str, date], metering_storage.Account]
+    ) -> dict[tuple[str, date], metering_storage.Tracked]:
+        return {}  # every meter is read from ``stored``, the fake's database
 
-    async def meters_to_fold(
-        self, wanted: list[tuple[metering_storage.Account, Cycle]], stale: set[str], in_memory: bool
+    async def meters_from_database(
+        self, wanted: dict[tuple[str, date], tuple[metering_storage.Account, Cycle]]
     ) -> dict[tuple[str, date], metering_storage.Tracked]:
         found = {}
-        for account, cycle in wanted:
-            key = (account.account_id, cycle.start)
+        for key, (account, cycle) in wanted.items():
             if key in self.stored:
                 end, meter, position = self.stored[key]
                 found[key] = metering_storage.Tracked(meter, Cycle(cycle.start, end), position, position)
@@ -318,7 +318,7 @@ class FakeMeterStore:
         self,
         states: dict[tuple[str, date], metering_storage.Tracked],
         epochs: dict[str, int],
-        charged: list[metering_storage.Call],
+        charged: set[tuple[str, str]],
         stale: set[str],
         in_memory: bool,
     ) -> None:
@@ -347,7 +347,7 @@ class FakeMeterStore:
     async def move_open_cycles(self, moves: list[tuple[str, Cycle]]) -> None:
         for account_id, cycle in moves:
             account = self.accounts_by_id[account_id]
-            self.accounts_by_id[account_id] = replace(account, open_cycle=cycle, meter_epoch=account.meter_epoch + 1)
+            self.accounts_by_id[account_id] = account._replace(open_cycle=cycle, meter_epoch=account.meter_epoch + 1)
 
     def meter(self, account_id: str, cycle_start: date) -> Meter:
         return self.stored[(account_id, cycle_start)][1]
