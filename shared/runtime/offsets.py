@@ -40,11 +40,16 @@ class OffsetCommitter:
     def processed(self, consumer: Any, records: Iterable[Any]) -> None:
         """The records' effects are committed in the database: commit their offsets soon."""
         self.consumer = consumer
-        pending = self._pending
+        last: dict[tuple[str, int], int] = {}  # plain tuples in the loop: a TopicPartition costs more
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            if record.offset + 1 > pending.get(tp, -1):
-                pending[tp] = record.offset + 1
+            key = (record.topic, record.partition)
+            if record.offset > last.get(key, -1):
+                last[key] = record.offset
+        pending = self._pending
+        for (topic, partition), offset in last.items():
+            tp = TopicPartition(topic, partition)
+            if offset + 1 > pending.get(tp, -1):
+                pending[tp] = offset + 1
         self.positions.update(pending)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._commit_pending(), name=f"{self.service}-offset-commit")
