@@ -119,18 +119,6 @@ def accrue_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Pa
     return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), parts, alerts
 
 
-def accrue_within(meter: Meter, costs: Sequence[Decimal]) -> Meter | None:
-    """``accrue_calls`` for the usual batch of a meter: its calls together stay below the meter's
-    next alert mark (which is at most its cap). Then every call is wholly billable and none raises
-    an alert, and this is the meter with their sum added, without a step per call. None when the
-    calls reach the mark (or, with no alert left, go beyond the cap): ``accrue_calls`` decides each."""
-    mark = _next_mark(meter)
-    billable = meter.billable + sum(costs, ZERO)
-    if billable < mark if mark is not None else billable <= meter.cap:
-        return Meter(meter.cap, billable, meter.over_cap, meter.alerted, meter.blocked, meter.late_unbilled)
-    return None
-
-
 def accrue_late_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Parts]]:
     """``accrue_late`` for each cost in turn, with each call's billable and over-cap parts."""
     parts: list[Parts] = []

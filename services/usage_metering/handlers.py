@@ -13,6 +13,7 @@ from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.settings import Settings
 from services.usage_metering.storage import (
+    MICRO_DOLLARS,
     Account,
     Call,
     CallKey,
@@ -20,7 +21,6 @@ from services.usage_metering.storage import (
     MeterStore,
     Tracked,
     micro_dollars,
-    micro_dollars_each,
     usd,
 )
 from shared.cycles import Cycle, cycle_containing, next_cycle
@@ -127,14 +127,14 @@ async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> No
     by_meter: ByMeter = {}
     cycles: dict[MeterKey, Cycle] = {}
     seen: set[CallKey] = set()
-    young, old = store.recent_calls.generations()
+    recent = store.recent_calls
     for call in batch:
         account = accounts.get(call.account_id)
         if account is None:
             await unit.park(USAGE_CALLS.name, call)  # its AccountOpened has not arrived yet
             continue
         key = (call.account_id, call.call_id)
-        if key in seen or key in young or key in old:
+        if key in seen or key in recent:
             continue
         seen.add(key)
         cycle = cycle_containing(account.billing_day, call.business_date)
@@ -191,45 +191,38 @@ def _without(by_meter: ByMeter, repeats: set[CallKey]) -> ByMeter:
 
 
 def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[str, Account]) -> Folded:
-    """Each meter's calls in order, each numbered after the meter's last one, with its amounts in
-    micro-dollars (the ledger's unit): ``accrue_within`` when together they stay below the meter's
-    next alert (every call wholly billable, one row each without a decision), else
-    ``accrue_calls`` (or ``accrue_late_calls`` for a cycle already sealed), a step per call. A part
-    that is the call's cost or zero, as most are, is not converted again."""
-    zero = domain.ZERO
+    """Each meter's calls in order: ``accrue_calls`` (or ``accrue_late_calls`` for a cycle already
+    sealed), each call numbered after the meter's last one, its amounts in micro-dollars (the
+    ledger's unit). A part that is the call's cost or zero, as most are, is not converted again."""
+    zero, micro = domain.ZERO, MICRO_DOLLARS
     rows: list[Call] = []
     states: dict[MeterKey, Tracked] = {}
     alerts: list[tuple[m.CallCharged, Cycle, domain.Alert]] = []
     for key, calls in by_meter.items():
         account_id, start = key
         before = tracked[key]
-        cycle, position = before.cycle, before.position
+        cycle = before.cycle
         costs = [call.cost for call in calls]
-        micros = micro_dollars_each(costs)
-        late = cycle < accounts[account_id].open_cycle
-        meter = None if late else domain.accrue_within(before.meter, costs)
-        if meter is not None:
-            rows += [
-                (account_id, call.call_id, cost, start, seq, cost, 0)
-                for seq, call, cost in zip(range(position + 1, position + 1 + len(calls)), calls, micros, strict=True)
-            ]
-            states[key] = Tracked(meter, cycle, position + len(calls), before.saved)
-            continue
-        if late:
+        if cycle < accounts[account_id].open_cycle:
             meter, parts = domain.accrue_late_calls(before.meter, costs)
         else:
             meter, parts, raised = domain.accrue_calls(before.meter, costs)
-            alerts.extend((calls[index], cycle, alert) for index, alert in raised)
-        seq = position
-        for call, cost, whole, (billable, over_cap) in zip(calls, costs, micros, parts, strict=True):
+            if raised:
+                alerts.extend((calls[index], cycle, alert) for index, alert in raised)
+        seq = before.position
+        for call, cost, (billable, over_cap) in zip(calls, costs, parts, strict=True):
             seq += 1
+            scaled = cost * micro
+            micros = int(scaled)
+            if micros != scaled:  # the contract refuses a cost of more than 6 decimal places
+                raise ValueError(f"a call cost of {cost} USD is not a whole number of micro-dollars")
             if billable is cost and over_cap is zero:
-                rows.append((account_id, call.call_id, whole, start, seq, whole, 0))
+                rows.append((account_id, call.call_id, micros, start, seq, micros, 0))
             elif billable is zero and over_cap is cost:
-                rows.append((account_id, call.call_id, whole, start, seq, 0, whole))
+                rows.append((account_id, call.call_id, micros, start, seq, 0, micros))
             else:
                 rows.append(
-                    (account_id, call.call_id, whole, start, seq, micro_dollars(billable), micro_dollars(over_cap))
+                    (account_id, call.call_id, micros, start, seq, micro_dollars(billable), micro_dollars(over_cap))
                 )
         states[key] = Tracked(meter, cycle, seq, before.saved)
     return rows, states, alerts

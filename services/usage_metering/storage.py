@@ -225,18 +225,6 @@ def micro_dollars(amount: Decimal) -> int:
     return whole
 
 
-def micro_dollars_each(amounts: list[Decimal]) -> list[int]:
-    """``micro_dollars`` of each of these non-negative amounts, in one step for all (else ValueError)."""
-    micro = MICRO_DOLLARS
-    if amounts and min(amounts) < 0:
-        raise ValueError(f"a negative amount among {amounts} USD")
-    each = [int(amount * micro) for amount in amounts]
-    # int() truncates a non-negative amount: the sums agree only if no amount lost a fraction
-    if sum(each) != sum(amounts, Decimal(0)) * micro:
-        raise ValueError(f"not every one of {amounts} USD is a whole number of micro-dollars")
-    return each
-
-
 def usd(micros: int) -> Decimal:
     """Integer micro-dollars as USD (6 decimal places), exactly."""
     return Decimal(micros).scaleb(-6)
@@ -262,11 +250,6 @@ class RecentCalls:
 
     def __contains__(self, key: CallKey) -> bool:
         return key in self._young or key in self._old
-
-    def generations(self) -> tuple[set[CallKey], set[CallKey]]:
-        """The two sets, for a loop over a batch: a pair is held when it is in either (no method
-        call a pair). They change only when a batch commits (``add``)."""
-        return self._young, self._old
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old - self._young)

@@ -365,28 +365,6 @@ def test_the_parts_of_each_call_add_up_to_the_meter_the_batch_accrues(meter, cos
     assert meter.over_cap + sum((o for _, o in parts), Decimal(0)) == folded.over_cap
 
 
-@settings(max_examples=600)
-@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=60, places=6), max_size=30))
-def test_a_batch_below_the_next_alert_is_accrued_whole_as_the_calls_one_by_one(meter, costs):
-    """accrue_within is the fold's shortcut: when it answers, accrue_calls agrees (every call
-    wholly billable, no alert); when the calls reach an alert mark or the cap, it does not answer."""
-    folded, parts, alerts = domain.accrue_calls(meter, costs)
-
-    within = domain.accrue_within(meter, costs)
-
-    if within is not None:
-        assert within == folded
-        assert all(b == cost and o == 0 for (b, o), cost in zip(parts, costs, strict=True)) and not alerts
-
-
-def test_the_shortcut_answers_below_the_next_alert_and_declines_from_it_on():
-    meter = Meter(cap=CAP, billable=Decimal("100.00"), alerted=frozenset())  # 50 % is at 125.00
-    below = [Decimal("10.000001"), Decimal("14.999998")]  # to 124.999999
-
-    assert domain.accrue_within(meter, below) == Meter(cap=CAP, billable=Decimal("124.999999"))
-    assert domain.accrue_within(meter, [*below, Decimal("0.000001")]) is None  # reaches 125.00: the 50 % alert
-
-
 @settings(max_examples=200)
 @given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
 def test_late_calls_split_as_accrue_late_does(meter, costs):
