@@ -11,8 +11,9 @@ Rules: ``shared/spec/domain.md`` (Calling credits). Decisions added here (``docs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from shared.rejections import Rejected
 
@@ -22,9 +23,9 @@ CAP_ROLES = frozenset({"support", "sales"})
 ZERO = Decimal("0")
 
 
-@dataclass(frozen=True)
-class Meter:
-    """One account's calling credits in one billing cycle."""
+class Meter(NamedTuple):
+    """One account's calling credits in one billing cycle. A named tuple, not a frozen dataclass:
+    the calls path makes one for every meter a batch touches, at about a third of the cost."""
 
     cap: Decimal
     billable: Decimal = ZERO
@@ -58,14 +59,14 @@ def _new_alerts(meter: Meter) -> tuple[Meter, list[Alert]]:
     if not blocked and meter.billable >= meter.cap:
         blocked = True
         alerts.append(Alert("blocked", meter.billable, meter.cap))
-    return replace(meter, alerted=frozenset(alerted), blocked=blocked), alerts
+    return meter._replace(alerted=frozenset(alerted), blocked=blocked), alerts
 
 
 def accrue(meter: Meter, cost: Decimal) -> tuple[Meter, list[Alert]]:
     """Add one call: the part beyond the cap is over-cap and not billed; alerts fire once each."""
     room = max(ZERO, meter.cap - meter.billable)
     billed = min(cost, room)
-    meter = replace(meter, billable=meter.billable + billed, over_cap=meter.over_cap + (cost - billed))
+    meter = meter._replace(billable=meter.billable + billed, over_cap=meter.over_cap + (cost - billed))
     return _new_alerts(meter)
 
 
@@ -85,7 +86,7 @@ def accrue_many(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[tup
         else:
             over_cap += cost
         if mark is not None and billable >= mark:
-            meter, raised = _new_alerts(replace(meter, billable=billable, over_cap=over_cap))
+            meter, raised = _new_alerts(meter._replace(billable=billable, over_cap=over_cap))
             alerts.extend((index, alert) for alert in raised)
             mark = _next_mark(meter)
     return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), alerts
@@ -113,7 +114,7 @@ def accrue_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Pa
             over_cap += cost
             parts.append((ZERO, cost))
         if mark is not None and billable >= mark:
-            meter, raised = _new_alerts(replace(meter, billable=billable, over_cap=over_cap))
+            meter, raised = _new_alerts(meter._replace(billable=billable, over_cap=over_cap))
             alerts.extend((index, alert) for alert in raised)
             mark = _next_mark(meter)
     return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), parts, alerts
@@ -140,8 +141,7 @@ def _next_mark(meter: Meter) -> Decimal | None:
 def accrue_late(meter: Meter, cost: Decimal) -> Meter:
     """A call for a sealed cycle: still within that cycle's cap, billed on the next invoice."""
     billed = min(cost, max(ZERO, meter.cap - meter.billable))
-    return replace(
-        meter,
+    return meter._replace(
         billable=meter.billable + billed,
         over_cap=meter.over_cap + (cost - billed),
         late_unbilled=meter.late_unbilled + billed,
@@ -158,10 +158,10 @@ def change_cap(meter: Meter, new_cap: Decimal) -> tuple[Meter, list[Alert]]:
     if new_cap < 0:
         raise Rejected("invalid_cap", f"a cap cannot be negative, got {new_cap}")
     rearmed = frozenset(p for p in meter.alerted if _reached(meter.billable, new_cap, p))
-    changed = replace(meter, cap=new_cap, alerted=rearmed)
+    changed = meter._replace(cap=new_cap, alerted=rearmed)
     alerts: list[Alert] = []
     if meter.blocked and meter.billable < new_cap:
-        changed = replace(changed, blocked=False)
+        changed = changed._replace(blocked=False)
         alerts.append(Alert("unblocked", meter.billable, new_cap, reason="cap_raised"))
     changed, crossed = _new_alerts(changed)
     return changed, alerts + crossed

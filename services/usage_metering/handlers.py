@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date
 
 from prometheus_client import Counter
@@ -203,7 +202,7 @@ def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[st
         before = tracked[key]
         cycle = before.cycle
         costs = [call.cost for call in calls]
-        if cycle < accounts[account_id].open_cycle:
+        if cycle.start < accounts[account_id].open_cycle.start:  # sealed (an account's cycles never overlap)
             meter, parts = domain.accrue_late_calls(before.meter, costs)
         else:
             meter, parts, raised = domain.accrue_calls(before.meter, costs)
@@ -282,9 +281,9 @@ async def _seal(unit: Work, seals: Seals[Account]) -> None:
             late_lines.append(
                 m.LateUsage(cycle_start=late_cycle.start, cycle_end=late_cycle.end, amount=meter.late_unbilled)
             )
-            changed[(account.account_id, late_cycle)] = replace(meter, late_unbilled=domain.ZERO)
+            changed[(account.account_id, late_cycle)] = meter._replace(late_unbilled=domain.ZERO)
         upcoming, alerts = domain.start_cycle(closing, upcoming)
-        changed[(account.account_id, cycle)] = replace(closing, blocked=False)
+        changed[(account.account_id, cycle)] = closing._replace(blocked=False)
         changed[(account.account_id, nxt)] = upcoming
         sealed = m.UsageCycleSealed.caused_by(
             request,

@@ -317,6 +317,7 @@ meters = st.builds(
     over_cap=st.decimals(min_value=0, max_value=100, places=6),
     alerted=st.frozensets(st.sampled_from(domain.THRESHOLDS)),
     blocked=st.booleans(),
+    late_unbilled=st.just(domain.ZERO),
 )
 
 

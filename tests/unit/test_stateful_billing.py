@@ -20,7 +20,7 @@ import calendar
 import math
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -615,7 +615,7 @@ class OneAccountOverSeveralCycles(RuleBasedStateMachine):
                         cycle_start=state.cycle.start, cycle_end=state.cycle.end, amount=state.meter.late_unbilled
                     )
                 )
-                state.meter = replace(state.meter, late_unbilled=metering.ZERO)
+                state.meter = state.meter._replace(late_unbilled=metering.ZERO)
         closing = self.current.meter
         return m.UsageCycleSealed(
             message_id=self.message_id("usage-sealed"),
@@ -648,7 +648,7 @@ class OneAccountOverSeveralCycles(RuleBasedStateMachine):
         self.hear(upcoming, alerts)
         if closing.meter.blocked and not upcoming.meter.blocked:
             assert [a.reason for a in alerts if a.kind == "unblocked"] == ["new_cycle"]
-        closing.meter = replace(closing.meter, blocked=False)
+        closing.meter = closing.meter._replace(blocked=False)
         self.sealed_meters.append(closing)
         self.current, self.upcoming = upcoming, None
         self.open_cycle = following
