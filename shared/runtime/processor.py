@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import Envelope
+from contracts.envelope import Command, Envelope
 from contracts.messages import CommandRejected
 from contracts.topics import BY_NAME
 from shared.rejections import Rejected
@@ -146,9 +146,12 @@ class BatchProcessor:
             unit = self.unit(session)
             unit.outcomes = ignored  # the records skipped before the transaction
             self_deduplicating = self.registry.deduplicated_by_handler
+            batched: dict[str, list[Envelope]] = {}
+            if whole is not None and self._straight_to_batch_handler(unit, batch, whole):
+                readable = []  # the whole batch goes to its handler as it is (``usage.calls``)
+                batched[whole[0].type] = whole
             new_ids = await _claim(unit, [(r, e) for r, e, _ in readable if e.type not in self_deduplicating])
             new_ids |= {e.message_id for _, e, _ in readable if e.type in self_deduplicating}
-            batched: dict[str, list[Envelope]] = {}
             for record, envelope, parsed in readable:
                 if envelope.message_id not in new_ids:
                     unit.outcomes[(record.topic, "duplicate")] += 1
@@ -182,6 +185,25 @@ class BatchProcessor:
         self.crash_points.check("after_commit")
         if self.metrics is not None:
             self.metrics.committed(batch, unit.outcomes, unit.counted, one_topic=whole is not None)
+
+    def _straight_to_batch_handler(self, unit: Unit, records: Sequence[KafkaRecord], messages: list[Envelope]) -> bool:
+        """A batch of one event type that a batch handler takes and deduplicates itself, each
+        message id once: nothing to claim in the inbox, no command to check, nothing to pick out,
+        so the batch goes to the handler as parsed, with each message's JSON as received (for
+        ``Unit.payload_of``). A message id twice, or any other kind of batch, takes the general
+        path, which counts the second copy a duplicate."""
+        kind = messages[0].type
+        if (
+            kind not in self.registry.batch
+            or kind not in self.registry.deduplicated_by_handler
+            or isinstance(messages[0], Command)
+        ):
+            return False
+        received = dict(zip([message.message_id for message in messages], [r.value for r in records], strict=True))
+        if len(received) != len(messages):
+            return False
+        unit.received = received
+        return True
 
     def unit(self, session: AsyncSession) -> Unit:
         """A unit of work on ``session`` with the service's store on it."""

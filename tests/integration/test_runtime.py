@@ -177,6 +177,38 @@ async def test_a_batch_handler_gets_each_message_as_it_arrived_for_keeping(dbs) 
     assert m.UsageCycleSealed.model_validate_json(kept[0]) == report
 
 
+async def test_a_batch_of_calls_reaches_its_handler_as_it_arrived_and_a_repeated_message_once(dbs) -> None:
+    registry = HandlerRegistry()
+    handed: list[list[tuple[str, bytes]]] = []
+
+    @registry.on_batch(m.CallCharged, deduplicates=True)
+    async def take(unit: Unit, calls: list[m.CallCharged]) -> None:
+        handed.append([(call.call_id, unit.payload_of(call)) for call in calls])
+
+    account = new_account()
+    values = [
+        m.CallCharged(
+            message_id=uuid.uuid4(),
+            account_id=account,
+            occurred_at=datetime(2026, 11, 20, tzinfo=UTC),
+            call_id=f"call-{n}",
+            cost=Decimal("0.25"),
+        )
+        .model_dump_json()
+        .encode()
+        for n in range(3)
+    ]
+    processor = BatchProcessor("test", make_sessions(dbs["usage_metering"]), registry)
+    await processor.process([Record("usage.calls", 0, n, account.encode(), v) for n, v in enumerate(values)])
+    repeated = [values[0], values[1], values[0]]  # one message twice in a batch: its second copy has no effect
+    await processor.process([Record("usage.calls", 0, 10 + n, account.encode(), v) for n, v in enumerate(repeated)])
+
+    assert handed == [
+        [("call-0", values[0]), ("call-1", values[1]), ("call-2", values[2])],
+        [("call-0", values[0]), ("call-1", values[1])],
+    ]
+
+
 async def test_an_outbox_row_left_by_a_killed_process_is_published_once_after_restart(stack: Bus, dbs, workers) -> None:
     workers.stop("license_orders", signal.SIGKILL)
     left_behind = rejection(new_account(), "committed just before the crash", "PurchaseLicenses")
