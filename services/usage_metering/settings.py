@@ -36,7 +36,8 @@ class Settings(ServiceSettings):
     # ends, so a young collection in between only walks them (docs/architecture.md, Decisions).
     gc_young_threshold: int = Field(default=200_000, ge=0)
     # Call ids this process committed lately, kept to drop repeat reports before the calls' COPY
-    # (storage.RecentCalls); a repeat older than that still meets the call_ids key. 0: keep none.
+    # (storage.RecentCalls: at least the latest half of this many, at most this many plus a batch);
+    # a repeat older than that still meets the call_ids key. 0: keep none.
     recent_calls: int = Field(default=100_000, ge=0)
     # The meters folded in memory are written back as snapshots every this many seconds, or after
     # this many batches (0: by time only), whichever comes first (snapshots.MeterSnapshots). Only
