@@ -101,8 +101,8 @@ async def fill(dsn: str, rows: int, partitioned: bool) -> dict[str, int]:
                     batch.append((account, str(uuid.uuid4()), cost, cycle_start, places[account], cost, nothing))
                 async with conn.transaction():  # one batch's transaction, as the calls path writes it
                     if with_ids:
-                        ids = [(a, c, s) for a, c, _, s, _, _, _ in batch]
-                        await conn.copy_records_to_table("call_ids", records=ids, columns=CALL_IDS_COLUMNS)
+                        call_id_rows = [(a, c, s) for a, c, _, s, _, _, _ in batch]
+                        await conn.copy_records_to_table("call_ids", records=call_id_rows, columns=CALL_IDS_COLUMNS)
                     await conn.copy_records_to_table("calls", records=batch, columns=CALLS_COLUMNS)
             else:
                 calls = [[a, str(uuid.uuid4()), "0.012500", str(cycle_start)] for a in accounts]

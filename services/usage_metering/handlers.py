@@ -96,7 +96,7 @@ async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
     await _charge(unit, batch, in_memory=True)
 
 
-# A batch's calls grouped by meter (account, cycle start), in the order they came, with each meter's cycle.
+# A batch's calls grouped by meter (account, cycle start), in the order they came.
 ByMeter = dict[MeterKey, list[m.CallCharged]]
 Folded = tuple[list[Call], dict[MeterKey, Tracked], list[tuple[m.CallCharged, Cycle, domain.Alert]]]
 
