@@ -17,7 +17,7 @@ from services.usage_metering.handlers import registry
 from services.usage_metering.partitions import CallPartitions
 from services.usage_metering.settings import Settings
 from services.usage_metering.snapshots import DropMetersOnRebalance, MeterSnapshots
-from services.usage_metering.storage import MeterMemory, MeterStore, RecentCalls
+from services.usage_metering.storage import AccountCache, MeterMemory, MeterStore, RecentCalls
 from shared.runtime.worker import Subscription, WorkerParts, build_worker
 
 SERVICE = "usage-metering"
@@ -26,6 +26,7 @@ SERVICE = "usage-metering"
 def create_worker(settings: Settings | None = None) -> WorkerParts:
     settings = settings or Settings()
     memory = MeterMemory(settings.meter_snapshot_batches)
+    account_cache = AccountCache()
     parts = build_worker(
         SERVICE,
         settings,
@@ -37,13 +38,15 @@ def create_worker(settings: Settings | None = None) -> WorkerParts:
                 linger_ms=settings.calls_linger_ms,
                 fetch_min_bytes=settings.calls_fetch_min_bytes,
                 consumers=settings.calls_consumers,
-                listener=DropMetersOnRebalance(memory),
+                listener=DropMetersOnRebalance(memory, account_cache),
             ),
             Subscription((PLATFORM_ACCOUNTS.name, METERING_COMMANDS.name, BILLING_CYCLES.name), max_records=2000),
         ],
         publishes=[METERING_ALERTS.name, METERING_USAGE.name, USAGE_CALLS.dlq],
         migrations_dir=Path(__file__).parent / "migrations",
-        store=partial(MeterStore, recent_calls=RecentCalls(settings.recent_calls), memory=memory),
+        store=partial(
+            MeterStore, recent_calls=RecentCalls(settings.recent_calls), memory=memory, account_cache=account_cache
+        ),
         description="Accrues calling credits against each account's monthly cap; alerts and blocks.",
     )
     snapshots = MeterSnapshots(memory, parts.processor.sessions, settings.meter_snapshot_interval_s)

@@ -115,7 +115,7 @@ async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> No
     store = unit.store
     await store.share_metering()
     account_ids = {call.account_id for call in batch}
-    accounts = await store.accounts(account_ids)
+    accounts = await (store.accounts_for_calls(account_ids) if in_memory else store.accounts(account_ids))
     unknown = sorted(account_ids - accounts.keys())
     for account_id in unknown:  # it may be opening right now in another transaction: wait for it
         await unit.lock_account(account_id)

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.usage_metering.storage import MeterMemory, MeterStore
+from services.usage_metering.storage import AccountCache, MeterMemory, MeterStore
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,16 @@ class MeterSnapshots:
 class DropMetersOnRebalance(ConsumerRebalanceListener):
     """The calls consumer's partitions were revoked or assigned: its meters are read again from
     the database, so a worker that gets a partition back never folds into what it held before
-    another replica owned it."""
+    another replica owned it; its accounts too, so it holds those of the partitions it owns."""
 
-    def __init__(self, memory: MeterMemory) -> None:
+    def __init__(self, memory: MeterMemory, accounts: AccountCache) -> None:
         self.memory = memory
+        self.accounts = accounts
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.memory.clear()
+        self.accounts.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.memory.clear()
+        self.accounts.clear()

@@ -39,6 +39,16 @@ accounts = sa.Table(
         comment="bumped when a cap change or a seal changes the account's meters",
     ),
 )
+# One row, bumped by a statement trigger on ``accounts`` at every update, delete or truncate
+# (migration 0012): a worker keeps the accounts it read as of a version (``AccountCache``).
+accounts_version = sa.Table(
+    "accounts_version",
+    metadata,
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("one", sa.Boolean, primary_key=True, server_default=sa.text("true")),
+    sa.CheckConstraint("one", name="accounts_version_one_row"),
+    comment="one row: bumped by every update, delete or truncate of accounts",
+)
 # What a meter held when it was last written back: ``meters`` (a view, migration 0009) adds the
 # meter's calls after ``through_seq``, which gives the meter as the fold holds it.
 meter_snapshots = sa.Table(
@@ -150,6 +160,12 @@ METERING_LOCK = 7240002
 ACCOUNTS_BY_ID = (
     "select account_id, billing_day, cap, open_cycle_start, open_cycle_end, meter_epoch from accounts "
     "where account_id = any($1::text[]) order by account_id"
+)
+# $1: the ids of the accounts a worker does not hold (text[]); the version first, then those found
+# (one row of nulls after the version when none is).
+ACCOUNTS_AT_VERSION = (
+    "select v.version, a.account_id, a.billing_day, a.cap, a.open_cycle_start, a.open_cycle_end, a.meter_epoch "
+    "from accounts_version v left join accounts a on a.account_id = any($1::text[])"
 )
 METER_COLUMNS = (
     "m.account_id, m.cycle_start, m.cycle_end, m.cap, m.billable, m.over_cap, m.alerted, m.blocked, "
@@ -271,6 +287,30 @@ class Tracked(NamedTuple):
     cycle: Cycle
     position: int
     saved: int
+
+
+class AccountCache:
+    """The accounts this process's batches of calls read, as of a version of the accounts table
+    (``accounts_version``, bumped by every change of an account). Filled only when a transaction
+    that read them commits; all of it is read again when the version moved. Emptied with the
+    meters on a rebalance, so it holds the accounts of the partitions this process owns."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.accounts: dict[str, Account] = {}
+
+    def __len__(self) -> int:
+        return len(self.accounts)
+
+    def update(self, version: int, read: dict[str, Account]) -> None:
+        if version != self.version:
+            self.accounts = {}
+            self.version = version
+        self.accounts.update(read)
+
+    def clear(self) -> None:
+        self.version = None
+        self.accounts = {}
 
 
 class MeterMemory:
@@ -404,12 +444,17 @@ def _meter(row: Any) -> Meter:
 
 class MeterStore:
     def __init__(
-        self, session: AsyncSession, recent_calls: RecentCalls | None = None, memory: MeterMemory | None = None
+        self,
+        session: AsyncSession,
+        recent_calls: RecentCalls | None = None,
+        memory: MeterMemory | None = None,
+        account_cache: AccountCache | None = None,
     ) -> None:
         self.session = session
         self.seals = SealLedger(session)
         self.recent_calls = recent_calls if recent_calls is not None else RecentCalls(0)
         self.memory = memory if memory is not None else MeterMemory()
+        self.account_cache = account_cache if account_cache is not None else AccountCache()
         self._positions: dict[MeterKey, int] = {}  # of the meters read by ``meters``, for ``save_meters``
 
     async def _driver(self) -> Any:
@@ -451,6 +496,40 @@ class MeterStore:
                 cycle = cycles[(open_cycle_start, open_cycle_end)] = Cycle(open_cycle_start, open_cycle_end)
             found[account_id] = Account(account_id, billing_day, cap, cycle, epoch)
         return found
+
+    async def accounts_for_calls(self, account_ids: Iterable[str]) -> dict[str, Account]:
+        """The accounts of a batch of calls (under the metering lock held shared): those this
+        process holds at the current version of the accounts table, and the others read, in one
+        statement. When the version moved (a cap change, a seal), the held ones are read again in
+        a second. What was read is held once this transaction commits."""
+        cache = self.account_cache
+        held = cache.accounts
+        wanted = list(account_ids)
+        hits = {a: held[a] for a in wanted if a in held}
+        version, found = await self._accounts_at_version([a for a in wanted if a not in hits])
+        if hits and version != cache.version:
+            found |= (await self._accounts_at_version(list(hits)))[1]
+            hits = {}
+        if found or version != cache.version:
+            sa.event.listen(
+                self.session.sync_session, "after_commit", lambda _: cache.update(version, found), once=True
+            )
+        return hits | found if hits else found
+
+    async def _accounts_at_version(self, account_ids: list[str]) -> tuple[int, dict[str, Account]]:
+        rows = await (await self._driver()).fetch(ACCOUNTS_AT_VERSION, account_ids)
+        cycles = _CYCLES
+        found = {}
+        for _, account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch in rows:
+            if account_id is None:
+                continue
+            cycle = cycles.get((open_cycle_start, open_cycle_end))
+            if cycle is None:
+                cycle = cycles[(open_cycle_start, open_cycle_end)] = Cycle(open_cycle_start, open_cycle_end)
+            found[account_id] = Account(account_id, billing_day, cap, cycle, epoch)
+        if not rows:
+            raise RuntimeError("accounts_version has no row (usage metering's migration 0012 inserts it)")
+        return rows[0][0], found
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         await self.session.execute(sa.text(SET_CAP), {"account_id": account_id, "cap": cap})

@@ -277,6 +277,9 @@ class FakeMeterStore:
     async def accounts(self, account_ids: Iterable[str], lock: bool = False) -> dict[str, metering_storage.Account]:
         return {a: self.accounts_by_id[a] for a in account_ids if a in self.accounts_by_id}
 
+    async def accounts_for_calls(self, account_ids: Iterable[str]) -> dict[str, metering_storage.Account]:
+        return await self.accounts(account_ids)  # the fake's accounts are always current
+
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         account = self.accounts_by_id[account_id]
         self.accounts_by_id[account_id] = account._replace(cap=cap, meter_epoch=account.meter_epoch + 1)
