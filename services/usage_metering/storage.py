@@ -161,10 +161,10 @@ ACCOUNTS_BY_ID = (
     "select account_id, billing_day, cap, open_cycle_start, open_cycle_end, meter_epoch from accounts "
     "where account_id = any($1::text[]) order by account_id"
 )
-# $1: the ids of the accounts a worker does not hold (text[]); the version first, then those found
-# (one row of nulls after the version when none is).
+# $1: the ids of the accounts a worker does not hold (text[]); those found, each with the version
+# (one row of nulls but the version when none is).
 ACCOUNTS_AT_VERSION = (
-    "select v.version, a.account_id, a.billing_day, a.cap, a.open_cycle_start, a.open_cycle_end, a.meter_epoch "
+    "select a.account_id, a.billing_day, a.cap, a.open_cycle_start, a.open_cycle_end, a.meter_epoch, v.version "
     "from accounts_version v left join accounts a on a.account_id = any($1::text[])"
 )
 METER_COLUMNS = (
@@ -287,6 +287,20 @@ class Tracked(NamedTuple):
     cycle: Cycle
     position: int
     saved: int
+
+
+def _accounts_of(rows: Iterable[Any]) -> dict[str, Account]:
+    """Accounts from rows that begin with ``ACCOUNTS_BY_ID``'s columns (a row without an account is skipped)."""
+    cycles = _CYCLES  # the accounts share a handful of open cycles: one object each, not one per row
+    found = {}
+    for account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch, *_ in rows:
+        if account_id is None:
+            continue
+        cycle = cycles.get((open_cycle_start, open_cycle_end))
+        if cycle is None:
+            cycle = cycles[(open_cycle_start, open_cycle_end)] = Cycle(open_cycle_start, open_cycle_end)
+        found[account_id] = Account(account_id, billing_day, cap, cycle, epoch)
+    return found
 
 
 class AccountCache:
@@ -488,14 +502,7 @@ class MeterStore:
         guesses 100 ids and hashes the whole table for every batch, however small; with an array
         it looks up each id in the primary key (docs/architecture.md, Decisions)."""
         rows = await (await self._driver()).fetch(ACCOUNTS_BY_ID + (" for update" if lock else ""), list(account_ids))
-        cycles = _CYCLES  # the accounts share a handful of open cycles: one object each, not one per row
-        found = {}
-        for account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch in rows:
-            cycle = cycles.get((open_cycle_start, open_cycle_end))
-            if cycle is None:
-                cycle = cycles[(open_cycle_start, open_cycle_end)] = Cycle(open_cycle_start, open_cycle_end)
-            found[account_id] = Account(account_id, billing_day, cap, cycle, epoch)
-        return found
+        return _accounts_of(rows)
 
     async def accounts_for_calls(self, account_ids: Iterable[str]) -> dict[str, Account]:
         """The accounts of a batch of calls (under the metering lock held shared): those this
@@ -518,18 +525,9 @@ class MeterStore:
 
     async def _accounts_at_version(self, account_ids: list[str]) -> tuple[int, dict[str, Account]]:
         rows = await (await self._driver()).fetch(ACCOUNTS_AT_VERSION, account_ids)
-        cycles = _CYCLES
-        found = {}
-        for _, account_id, billing_day, cap, open_cycle_start, open_cycle_end, epoch in rows:
-            if account_id is None:
-                continue
-            cycle = cycles.get((open_cycle_start, open_cycle_end))
-            if cycle is None:
-                cycle = cycles[(open_cycle_start, open_cycle_end)] = Cycle(open_cycle_start, open_cycle_end)
-            found[account_id] = Account(account_id, billing_day, cap, cycle, epoch)
         if not rows:
             raise RuntimeError("accounts_version has no row (usage metering's migration 0012 inserts it)")
-        return rows[0][0], found
+        return rows[0]["version"], _accounts_of(rows)
 
     async def set_cap(self, account_id: str, cap: Decimal) -> None:
         await self.session.execute(sa.text(SET_CAP), {"account_id": account_id, "cap": cap})
