@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
+from decimal import Decimal
 
 from prometheus_client import Counter
 
@@ -10,6 +12,7 @@ from contracts import messages as m
 from contracts.envelope import Envelope
 from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
+from services.usage_metering.calls_codec import Charged, contract_call, decode_calls
 from services.usage_metering.settings import Settings
 from services.usage_metering.storage import (
     MICRO_DOLLARS,
@@ -91,17 +94,20 @@ async def account_opened(unit: Work, event: m.AccountOpened) -> None:
             await registry.dispatch(unit, other)
 
 
-@registry.on_batch(m.CallCharged, deduplicates=True)  # by (account, call id) in `calls`
-async def calls_charged(unit: Work, batch: list[m.CallCharged]) -> None:
+# Deduplicated by (account, call id) in `call_ids`; read by msgspec where it can (calls_codec.py).
+@registry.on_batch(m.CallCharged, deduplicates=True, decoder=decode_calls)
+async def calls_charged(unit: Work, batch: list[ChargedCall]) -> None:
     await _charge(unit, batch, in_memory=True)
 
 
+# A call as the processor hands it over: the contract model, or as the calls' own decoder read it.
+ChargedCall = m.CallCharged | Charged
 # A batch's calls grouped by meter (account, cycle start), in the order they came.
-ByMeter = dict[MeterKey, list[m.CallCharged]]
-Folded = tuple[list[Call], dict[MeterKey, Tracked], list[tuple[m.CallCharged, Cycle, domain.Alert]]]
+ByMeter = dict[MeterKey, list[ChargedCall]]
+Folded = tuple[list[Call], dict[MeterKey, Tracked], list[tuple[ChargedCall, Cycle, domain.Alert]]]
 
 
-async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> None:
+async def _charge(unit: Work, batch: Sequence[ChargedCall], in_memory: bool) -> None:
     """A batch of calls in a handful of statements: read the accounts, fold each meter's new calls
     in order (the meters from memory, or as they stand in the database), record the calls with what
     the fold decided for each (its place in its meter, its billable and over-cap parts), and the
@@ -130,7 +136,7 @@ async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> No
     for call in batch:
         account = accounts.get(call.account_id)
         if account is None:
-            await unit.park(USAGE_CALLS.name, call)  # its AccountOpened has not arrived yet
+            await unit.park(USAGE_CALLS.name, contract_call(unit, call))  # its AccountOpened has not arrived yet
             continue
         key = (call.account_id, call.call_id)
         if key in seen or key in recent:
@@ -172,7 +178,7 @@ async def _charge(unit: Work, batch: list[m.CallCharged], in_memory: bool) -> No
     epochs = {account_id: accounts[account_id].meter_epoch for account_id, _ in states}
     store.remember(states, epochs, seen, stale, in_memory)
     for call, cycle, alert in alerts:
-        _emit_alerts(unit, call, cycle, [alert])
+        _emit_alerts(unit, contract_call(unit, call), cycle, [alert])
     if metrics.enabled:
         unit.count(CALLS_ACCRUED, len(rows))
         unit.count(BILLABLE_USD, usd(sum(row[5] for row in rows)))
@@ -193,15 +199,15 @@ def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[st
     """Each meter's calls in order: ``accrue_calls`` (or ``accrue_late_calls`` for a cycle already
     sealed), each call numbered after the meter's last one, its amounts in micro-dollars (the
     ledger's unit). A part that is the call's cost or zero, as most are, is not converted again."""
-    zero, micro = domain.ZERO, MICRO_DOLLARS
+    zero, micro, decimal = domain.ZERO, MICRO_DOLLARS, Decimal
     rows: list[Call] = []
     states: dict[MeterKey, Tracked] = {}
-    alerts: list[tuple[m.CallCharged, Cycle, domain.Alert]] = []
+    alerts: list[tuple[ChargedCall, Cycle, domain.Alert]] = []
     for key, calls in by_meter.items():
         account_id, start = key
         before = tracked[key]
         cycle = before.cycle
-        costs = [call.cost for call in calls]
+        costs = [decimal(call.cost) for call in calls]  # a Charged holds its cost as the string it came as
         if cycle.start < accounts[account_id].open_cycle.start:  # sealed (an account's cycles never overlap)
             meter, parts = domain.accrue_late_calls(before.meter, costs)
         else:

@@ -119,9 +119,10 @@ class BatchProcessor:
         dead: list[tuple[KafkaRecord, str]] = []
         readable: list[tuple[KafkaRecord, Envelope, Envelope | None]] = []
         batch, ignored = records, Tally[tuple[str, str]]()
-        whole = _parse_all(records)
+        whole, straight = _parse_all(records, self.registry)
         if whole is not None:
-            readable = [(record, message, message) for record, message in zip(records, whole, strict=True)]
+            if straight is None:
+                readable = [(record, message, message) for record, message in zip(records, whole, strict=True)]
             records = ()  # every record is read
         for record in records:
             parsed = _parse_fast(record)
@@ -137,7 +138,7 @@ class BatchProcessor:
                 ignored[(record.topic, "ignored")] += 1
                 continue  # a message of its topic this service has no use for: no inbox row, no effect
             readable.append((record, envelope, None))
-        if not readable and not dead:
+        if not readable and not dead and straight is None:
             if self.metrics is not None:
                 self.metrics.committed(batch, ignored, (), one_topic=False)
             return
@@ -147,9 +148,11 @@ class BatchProcessor:
             unit.outcomes = ignored  # the records skipped before the transaction
             self_deduplicating = self.registry.deduplicated_by_handler
             batched: dict[str, list[Envelope]] = {}
-            if whole is not None and self._straight_to_batch_handler(unit, batch, whole):
-                readable = []  # the whole batch goes to its handler as it is (``usage.calls``)
-                batched[whole[0].type] = whole
+            if straight is not None:  # the whole batch goes to its handler as it is (``usage.calls``)
+                messages, unit.received, repeated = straight
+                batched[messages[0].type] = messages
+                if repeated:
+                    unit.outcomes[(batch[0].topic, "duplicate")] += repeated
             new_ids = await _claim(unit, [(r, e) for r, e, _ in readable if e.type not in self_deduplicating])
             new_ids |= {e.message_id for _, e, _ in readable if e.type in self_deduplicating}
             for record, envelope, parsed in readable:
@@ -185,25 +188,6 @@ class BatchProcessor:
         self.crash_points.check("after_commit")
         if self.metrics is not None:
             self.metrics.committed(batch, unit.outcomes, unit.counted, one_topic=whole is not None)
-
-    def _straight_to_batch_handler(self, unit: Unit, records: Sequence[KafkaRecord], messages: list[Envelope]) -> bool:
-        """A batch of one event type that a batch handler takes and deduplicates itself, each
-        message id once: nothing to claim in the inbox, no command to check, nothing to pick out,
-        so the batch goes to the handler as parsed, with each message's JSON as received (for
-        ``Unit.payload_of``). A message id twice, or any other kind of batch, takes the general
-        path, which counts the second copy a duplicate."""
-        kind = messages[0].type
-        if (
-            kind not in self.registry.batch
-            or kind not in self.registry.deduplicated_by_handler
-            or isinstance(messages[0], Command)
-        ):
-            return False
-        received = dict(zip([message.message_id for message in messages], [r.value for r in records], strict=True))
-        if len(received) != len(messages):
-            return False
-        unit.received = received
-        return True
 
     def unit(self, session: AsyncSession) -> Unit:
         """A unit of work on ``session`` with the service's store on it."""
@@ -255,30 +239,71 @@ class BatchProcessor:
 _LIST_OF: dict[type[Envelope], Callable[[bytes], list[Any]]] = {}
 
 
-def _parse_all(records: Sequence[KafkaRecord]) -> list[Envelope] | None:
+# A batch for its handler as it came: the messages (each message id once), each one's JSON, and
+# how many copies of a message already in the batch were left out.
+Straight = tuple[list[Any], dict[uuid.UUID, bytes | None], int]
+
+
+def _parse_all(records: Sequence[KafkaRecord], registry: HandlerRegistry) -> tuple[list[Any] | None, Straight | None]:
     """A whole batch of one single-type topic (``usage.calls``) in one parse: the records' JSON
-    joined into one array, about half the cost of a parse per record. None when the batch mixes
-    topics or any record does not parse: then each record goes its own way (and a bad one to
-    the DLQ) as before."""
+    joined into one array, about half the cost of a parse per record; by the handler's own decoder
+    when it has one and takes the batch, else by the contract model. (None, None) when the batch
+    mixes topics or any record does not parse: then each record goes its own way (and a bad one to
+    the DLQ) as before.
+
+    The second part is the batch for its handler as parsed (``_straight``), when the type is one
+    a batch handler takes and deduplicates itself, not a command: nothing to claim in the inbox,
+    no command to check, nothing to pick out. A batch the handler's decoder read always goes so."""
     if len(records) < 2:
-        return None
+        return None, None
     topic = BY_NAME.get(records[0].topic)
     if topic is None or len(topic.messages) != 1:
-        return None
+        return None, None
     values = [r.value for r in records if r.topic == topic.name and r.value]
     # Each value one object: no string can run across the separator (JSON strings hold no raw
     # newline), and a record cut in two or holding two objects fails the shape or the count.
     if len(values) != len(records) or not all(v[:1] == b"{" and v[-1:] == b"}" for v in values):
-        return None
+        return None, None
     model = topic.messages[0]
+    kind = model.model_fields["type"].default
+    data = b"[" + b"\n,".join(values) + b"]"
+    own = registry.decoders.get(kind)
+    if own is not None:
+        try:
+            parsed = own(data)
+        except ValueError:  # outside what it takes: the contract model decides
+            pass
+        else:
+            if len(parsed) == len(records):
+                return parsed, _straight(parsed, values)
     decode = _LIST_OF.get(model)
     if decode is None:
         decode = _LIST_OF[model] = list_decoder(model)
     try:
-        parsed = decode(b"[" + b"\n,".join(values) + b"]")
+        whole = decode(data)
     except ValidationError:
-        return None
-    return parsed if len(parsed) == len(records) else None
+        return None, None
+    if len(whole) != len(records):
+        return None, None
+    straight = kind in registry.batch and kind in registry.deduplicated_by_handler and not issubclass(model, Command)
+    return whole, _straight(whole, values) if straight else None
+
+
+def _straight(messages: list[Any], values: list[bytes]) -> Straight:
+    """The batch for its handler: each message with its JSON as received (for
+    ``Unit.payload_of``); a message id that comes again in the batch (a redelivery) keeps its
+    first copy, as the general path does, and the others count as duplicates."""
+    ids = [message.message_id for message in messages]
+    received: dict[uuid.UUID, bytes | None] = dict(zip(ids, values, strict=True))
+    if len(received) == len(messages):
+        return messages, received, 0
+    first: list[Any] = []
+    received = {}
+    for message_id, message, value in zip(ids, messages, values, strict=True):
+        if message_id not in received:
+            received[message_id] = value
+            first.append(message)
+    return first, received, len(messages) - len(first)
 
 
 def _parse_fast(record: KafkaRecord) -> Envelope | None:

@@ -30,6 +30,14 @@ S = TypeVar("S", covariant=True)
 T = TypeVar("T", covariant=True)
 
 
+class Received(Protocol):
+    """A message as a service's own decoder read it (not a contract model), e.g. usage metering's
+    ``Charged``: its bytes are in the unit (``payload_of``)."""
+
+    @property
+    def message_id(self) -> uuid.UUID: ...
+
+
 class UnitOfWork(Protocol[S, T]):
     """What a handler gets: the service's store and settings, and the transaction's runtime
     (events to publish when it commits, parking, per-account locks). The processor's ``Unit``
@@ -45,7 +53,7 @@ class UnitOfWork(Protocol[S, T]):
 
     def resend(self, topic: str, payload: bytes) -> None: ...
 
-    def payload_of(self, message: Envelope) -> bytes: ...
+    def payload_of(self, message: Envelope | Received) -> bytes: ...
 
     async def lock_account(self, account_id: str) -> None: ...
 
@@ -84,10 +92,14 @@ class Unit:
             self._driver = await driver_connection(self.session)
         return self._driver
 
-    def payload_of(self, message: Envelope) -> bytes:
+    def payload_of(self, message: Envelope | Received) -> bytes:
         """The JSON a batch handler's message arrived as (no second dump to keep it as received)."""
         raw = self.received.get(message.message_id)
-        return raw if raw is not None else message.model_dump_json().encode()
+        if raw is not None:
+            return raw
+        if isinstance(message, Envelope):
+            return message.model_dump_json().encode()
+        raise KeyError(f"message {message.message_id} is not one this unit received")
 
     def emit(self, topic: str, event: Event | Command) -> None:
         self.outbox.append((event.message_id, topic, event.account_id, event.model_dump_json().encode()))

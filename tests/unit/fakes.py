@@ -24,6 +24,7 @@ from services.usage_metering import storage as metering_storage
 from services.usage_metering.domain import Meter
 from shared.cycles import Cycle
 from shared.runtime.seals import SealKey
+from shared.runtime.unit_of_work import Received
 
 
 @dataclass
@@ -46,7 +47,8 @@ class FakeUnit:
     def resend(self, topic: str, payload: bytes) -> None:
         self.emitted.append((topic, _parse(topic, payload)))
 
-    def payload_of(self, message: Envelope) -> bytes:
+    def payload_of(self, message: Envelope | Received) -> bytes:
+        assert isinstance(message, Envelope), "the fake unit holds contract models only"
         return message.model_dump_json().encode()
 
     async def lock_account(self, account_id: str) -> None:
