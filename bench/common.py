@@ -322,11 +322,12 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) ticks of all CPUs since boot, from /proc/stat."""
+def _machine_ticks() -> tuple[int, int, int]:
+    """(busy, total, stolen) ticks of all CPUs since boot, from /proc/stat; stolen: the time the
+    hypervisor gave a virtual CPU's turn to another machine (counted busy)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
-    return sum(values[:8]) - idle, sum(values[:8])
+    return sum(values[:8]) - idle, sum(values[:8]), values[7]
 
 
 def _uptime_ticks() -> int:
@@ -418,11 +419,12 @@ class CpuSampler:
             elapsed = max(now() - started, 1e-6)
             for group, ticks in sorted(totals.items(), key=lambda kv: -kv[1]):
                 result[group] = (100.0 * ticks / CLK_TCK / elapsed, peaks.get(group, 0.0))
-            busy_after, total_after = _machine_ticks()
+            busy_after, total_after, stolen_after = _machine_ticks()
             cores = os.cpu_count() or 1
-            share = (busy_after - machine_before[0]) / max(1, total_after - machine_before[1])
-            machine = 100.0 * cores * share
+            ticks = max(1, total_after - machine_before[1])
+            machine = 100.0 * cores * (busy_after - machine_before[0]) / ticks
             result["other processes"] = (max(0.0, machine - sum(avg for avg, _ in result.values())), 0.0)
+            result["stolen"] = (100.0 * cores * (stolen_after - machine_before[2]) / ticks, 0.0)
             result["machine"] = (machine, 100.0 * cores)
             say(f"   CPU during {label} ({elapsed:.1f} s; % of one core, avg/peak-1s): {format_cpu(result)}")
 
@@ -434,6 +436,8 @@ def format_cpu(result: dict[str, tuple[float, float]]) -> str:
             parts.append(f"whole machine {avg:.0f} of {peak:.0f}")
         elif group == "other processes":
             parts.append(f"other processes {avg:.0f}")
+        elif group == "stolen":
+            parts.append(f"stolen by the hypervisor {avg:.0f}")
         else:
             parts.append(f"{group} {avg:.0f}/{peak:.0f}")
     return ", ".join(parts)
