@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from contracts.envelope import Envelope
+from contracts.envelope import Command, Envelope
 from contracts.topics import BY_NAME
 from shared.runtime.unit_of_work import UnitOfWork
 
@@ -37,14 +37,15 @@ class HandlerRegistry:
         """``deduplicates=True``: the handler records each message by a business key in the same
         transaction (e.g. a call id) and ignores repeats, so the inbox row would only repeat it.
 
-        ``decoder`` (only with ``deduplicates``): reads a JSON array of the type faster than the
+        ``decoder`` (only with ``deduplicates``, never for a command, whose sender must be checked
+        one by one): reads a JSON array of the type faster than the
         model, into objects of its own with the model's fields (and ``message_id``, ``type``,
         ``account_id``), taking a subset of what the model takes with the same values and raising
         on anything else; the processor then reads that batch with the model. The handler gets
         either kind."""
         name = model.model_fields["type"].default
-        if decoder is not None and not deduplicates:
-            raise ValueError(f"a decoder of {name} needs a handler that deduplicates it")
+        if decoder is not None and (not deduplicates or issubclass(model, Command)):
+            raise ValueError(f"a decoder of {name} needs an event whose handler deduplicates it")
 
         def register(handler: Callable[[Any, list[Any]], Awaitable[None]]) -> Any:
             self.batch[name] = handler

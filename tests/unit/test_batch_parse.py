@@ -99,3 +99,12 @@ def test_records_that_only_make_sense_joined_are_never_read_as_calls(registry: H
 @REGISTRIES
 def test_a_topic_with_several_message_types_is_not_read_this_way(registry: HandlerRegistry) -> None:
     assert _parse_all(records([call(1), call(2)], topic="licensing.commands"), registry) == (None, None)
+
+
+def test_only_an_event_its_handler_deduplicates_may_have_a_decoder_of_its_own() -> None:
+    registry = HandlerRegistry()
+    with pytest.raises(ValueError, match="deduplicates"):
+        registry.on_batch(m.CallCharged, decoder=lambda data: [])  # the inbox would not see its repeats
+    with pytest.raises(ValueError, match="deduplicates"):
+        # a command's sender is checked message by message: it never goes straight to a handler
+        registry.on_batch(m.SetCallingCreditCap, deduplicates=True, decoder=lambda data: [])
