@@ -63,7 +63,9 @@ def main() -> None:
     by_meter: handlers.ByMeter = {}
     for call in decode_calls(data):
         by_meter.setdefault((call.account_id, cycle.start), []).append(call)
-    tracked = {key: Tracked(domain.Meter(cap=cap, billable=Decimal("10.5")), cycle, 3, 3) for key in by_meter}
+    tracked = {
+        key: Tracked(domain.in_micros(domain.Meter(cap=cap, billable=Decimal("10.5"))), cycle, 3, 3) for key in by_meter
+    }
     fold = best_of(ROUNDS, lambda: handlers._fold(by_meter, tracked, accounts))
 
     keys = [(call.account_id, call.call_id) for call in calls]

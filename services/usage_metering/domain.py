@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple
 
+from shared.money import micro_dollars, usd
 from shared.rejections import Rejected
 
 DEFAULT_CAP = Decimal("250.00")
@@ -24,8 +25,8 @@ ZERO = Decimal("0")
 
 
 class Meter(NamedTuple):
-    """One account's calling credits in one billing cycle. A named tuple, not a frozen dataclass:
-    the calls path makes one for every meter a batch touches, at about a third of the cost."""
+    """One account's calling credits in one billing cycle, in USD (the calls path folds it in
+    micro-dollars: ``Micros``)."""
 
     cap: Decimal
     billable: Decimal = ZERO
@@ -70,72 +71,92 @@ def accrue(meter: Meter, cost: Decimal) -> tuple[Meter, list[Alert]]:
     return _new_alerts(meter)
 
 
-def accrue_many(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[tuple[int, Alert]]]:
-    """``accrue`` for each cost in turn, with each alert paired with the index of the call that
-    raised it. The same result as folding ``accrue``, but it only looks at thresholds when the
-    accrual reaches the next one: the hot path of a batch of calls is plain additions."""
-    cap, billable, over_cap = meter.cap, meter.billable, meter.over_cap
+class Micros(NamedTuple):
+    """A meter as the calls path folds it: its amounts in integer micro-dollars (the ledger's unit),
+    so a batch of calls is integer additions; ``limit`` is the cap in micro-dollars, ``cap`` the cap
+    as set (alerts carry it). ``in_micros`` and ``in_usd`` convert exactly, both ways."""
+
+    cap: Decimal
+    limit: int
+    billable: int
+    over_cap: int
+    alerted: frozenset[int]
+    blocked: bool
+    late_unbilled: int
+
+
+def in_micros(meter: Meter) -> Micros:
+    return Micros(
+        meter.cap,
+        micro_dollars(meter.cap),
+        micro_dollars(meter.billable),
+        micro_dollars(meter.over_cap),
+        meter.alerted,
+        meter.blocked,
+        micro_dollars(meter.late_unbilled),
+    )
+
+
+def in_usd(meter: Micros) -> Meter:
+    return Meter(
+        meter.cap, usd(meter.billable), usd(meter.over_cap), meter.alerted, meter.blocked, usd(meter.late_unbilled)
+    )
+
+
+MicroParts = tuple[int, int]  # a call's billable and over-cap parts, in micro-dollars
+
+
+def accrue_calls(meter: Micros, costs: Sequence[int]) -> tuple[Micros, list[MicroParts], list[tuple[int, Alert]]]:
+    """``accrue`` for each cost in turn, in micro-dollars: the folded meter, how each call was split
+    (its billable and over-cap parts, kept with the call in the ledger, so the meter can be rebuilt
+    by adding them up), and each alert with the index of the call that raised it. Thresholds are
+    looked at only when the accrual reaches the next one, and decided by ``_new_alerts`` on the
+    meter in USD: the rest is integer additions."""
+    limit, billable, over_cap = meter.limit, meter.billable, meter.over_cap
     mark = _next_mark(meter)
+    parts: list[MicroParts] = []
     alerts: list[tuple[int, Alert]] = []
     for index, cost in enumerate(costs):
-        room = cap - billable
+        room = limit - billable
         if cost <= room:
             billable += cost
+            parts.append((cost, 0))
         elif room > 0:
-            billable, over_cap = cap, over_cap + (cost - room)
-        else:
-            over_cap += cost
-        if mark is not None and billable >= mark:
-            meter, raised = _new_alerts(meter._replace(billable=billable, over_cap=over_cap))
-            alerts.extend((index, alert) for alert in raised)
-            mark = _next_mark(meter)
-    return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), alerts
-
-
-Parts = tuple[Decimal, Decimal]  # a call's billable and over-cap parts
-
-
-def accrue_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Parts], list[tuple[int, Alert]]]:
-    """``accrue_many`` that also says how each call was split: its billable and over-cap parts
-    (kept with the call in the ledger, so the meter can be rebuilt by adding them up)."""
-    cap, billable, over_cap = meter.cap, meter.billable, meter.over_cap
-    mark = _next_mark(meter)
-    parts: list[Parts] = []
-    alerts: list[tuple[int, Alert]] = []
-    for index, cost in enumerate(costs):
-        room = cap - billable
-        if cost <= room:
-            billable += cost
-            parts.append((cost, ZERO))
-        elif room > 0:
-            billable, over_cap = cap, over_cap + (cost - room)
+            billable, over_cap = limit, over_cap + (cost - room)
             parts.append((room, cost - room))
         else:
             over_cap += cost
-            parts.append((ZERO, cost))
+            parts.append((0, cost))
         if mark is not None and billable >= mark:
-            meter, raised = _new_alerts(meter._replace(billable=billable, over_cap=over_cap))
+            decided, raised = _new_alerts(in_usd(meter._replace(billable=billable, over_cap=over_cap)))
+            meter = meter._replace(alerted=decided.alerted, blocked=decided.blocked)
             alerts.extend((index, alert) for alert in raised)
             mark = _next_mark(meter)
-    return Meter(cap, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled), parts, alerts
+    return (
+        Micros(meter.cap, limit, billable, over_cap, meter.alerted, meter.blocked, meter.late_unbilled),
+        parts,
+        alerts,
+    )
 
 
-def accrue_late_calls(meter: Meter, costs: Sequence[Decimal]) -> tuple[Meter, list[Parts]]:
-    """``accrue_late`` for each cost in turn, with each call's billable and over-cap parts."""
-    parts: list[Parts] = []
+def accrue_late_calls(meter: Micros, costs: Sequence[int]) -> tuple[Micros, list[MicroParts]]:
+    """``accrue_late`` for each cost in turn, in micro-dollars, with each call's billable and over-cap parts."""
+    limit, billable, over_cap, late = meter.limit, meter.billable, meter.over_cap, meter.late_unbilled
+    parts: list[MicroParts] = []
     for cost in costs:
-        billed = min(cost, max(ZERO, meter.cap - meter.billable))
+        billed = min(cost, max(0, limit - billable))
         parts.append((billed, cost - billed))
-        meter = accrue_late(meter, cost)
-    return meter, parts
+        billable, over_cap, late = billable + billed, over_cap + (cost - billed), late + billed
+    return meter._replace(billable=billable, over_cap=over_cap, late_unbilled=late), parts
 
 
-def _next_mark(meter: Meter) -> Decimal | None:
-    """The accrual at which the next alert (threshold or block) is due, None when none is left."""
+def _next_mark(meter: Micros) -> int | None:
+    """The least accrual, in micro-dollars, at which the next alert (threshold or block) is due
+    (``_reached``, rounded up to a whole micro-dollar); None when none is left."""
     for percent in THRESHOLDS:  # ascending: the first one not alerted yet is the next one
         if percent not in meter.alerted:
-            return meter.cap * percent / 100
-    return None if meter.blocked else meter.cap
+            return -(-meter.limit * percent // 100)
+    return None if meter.blocked else meter.limit
 
 
 def accrue_late(meter: Meter, cost: Decimal) -> Meter:

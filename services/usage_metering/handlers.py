@@ -14,19 +14,9 @@ from contracts.topics import METERING_ALERTS, METERING_USAGE, USAGE_CALLS
 from services.usage_metering import domain
 from services.usage_metering.calls_codec import Charged, contract_call, decode_calls
 from services.usage_metering.settings import Settings
-from services.usage_metering.storage import (
-    MICRO_DOLLARS,
-    Account,
-    Call,
-    CallKey,
-    MeterKey,
-    MeterStore,
-    Tracked,
-    micro_dollars,
-    usd,
-)
+from services.usage_metering.storage import Account, Call, CallKey, MeterKey, MeterStore, Tracked
 from shared.cycles import Cycle, cycle_containing, next_cycle
-from shared.money import tidy
+from shared.money import micro_dollars, tidy, usd
 from shared.rejections import Rejected
 from shared.runtime import ConcurrentUpdate, metrics
 from shared.runtime.registry import HandlerRegistry
@@ -196,10 +186,8 @@ def _without(by_meter: ByMeter, repeats: set[CallKey]) -> ByMeter:
 
 
 def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[str, Account]) -> Folded:
-    """Each meter's calls in order: ``accrue_calls`` (or ``accrue_late_calls`` for a cycle already
-    sealed), each call numbered after the meter's last one, its amounts in micro-dollars (the
-    ledger's unit). A part that is the call's cost or zero, as most are, is not converted again."""
-    zero, micro, decimal = domain.ZERO, MICRO_DOLLARS, Decimal
+    """Each meter's calls in order, in micro-dollars (the ledger's unit): ``accrue_calls`` (or
+    ``accrue_late_calls`` for a cycle already sealed), each call numbered after the meter's last one."""
     rows: list[Call] = []
     states: dict[MeterKey, Tracked] = {}
     alerts: list[tuple[ChargedCall, Cycle, domain.Alert]] = []
@@ -207,7 +195,8 @@ def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[st
         account_id, start = key
         before = tracked[key]
         cycle = before.cycle
-        costs = [decimal(call.cost) for call in calls]  # a Charged holds its cost as the string it came as
+        # A Charged holds its cost as the string it came as: Decimal reads either exactly.
+        costs = [micro_dollars(Decimal(call.cost)) for call in calls]
         if cycle.start < accounts[account_id].open_cycle.start:  # sealed (an account's cycles never overlap)
             meter, parts = domain.accrue_late_calls(before.meter, costs)
         else:
@@ -217,18 +206,7 @@ def _fold(by_meter: ByMeter, tracked: dict[MeterKey, Tracked], accounts: dict[st
         seq = before.position
         for call, cost, (billable, over_cap) in zip(calls, costs, parts, strict=True):
             seq += 1
-            scaled = cost * micro
-            micros = int(scaled)
-            if micros != scaled:  # the contract refuses a cost of more than 6 decimal places
-                raise ValueError(f"a call cost of {cost} USD is not a whole number of micro-dollars")
-            if billable is cost and over_cap is zero:
-                rows.append((account_id, call.call_id, micros, start, seq, micros, 0))
-            elif billable is zero and over_cap is cost:
-                rows.append((account_id, call.call_id, micros, start, seq, 0, micros))
-            else:
-                rows.append(
-                    (account_id, call.call_id, micros, start, seq, micro_dollars(billable), micro_dollars(over_cap))
-                )
+            rows.append((account_id, call.call_id, cost, start, seq, billable, over_cap))
         states[key] = Tracked(meter, cycle, seq, before.saved)
     return rows, states, alerts
 

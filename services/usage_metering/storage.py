@@ -13,7 +13,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.usage_metering.domain import THRESHOLDS, Meter
+from services.usage_metering.domain import THRESHOLDS, Meter, Micros, in_micros, in_usd
 from shared.cycles import Cycle
 from shared.db import driver_connection
 from shared.runtime.seals import SealLedger, declare_seals_table
@@ -229,22 +229,6 @@ UNDO_CALLS_COPY = "rollback to savepoint before_calls_copy"
 CallKey = tuple[str, str]  # account id, call id
 Call = tuple[str, str, int, date, int, int, int]  # CALLS_COLUMNS: cost, billable, over_cap in micro-dollars
 
-MICRO_DOLLARS = Decimal(1_000_000)  # in a USD
-
-
-def micro_dollars(amount: Decimal) -> int:
-    """An amount of USD with at most 6 decimal places as integer micro-dollars, exactly (else ValueError)."""
-    micros = amount * MICRO_DOLLARS
-    whole = int(micros)
-    if whole != micros:
-        raise ValueError(f"{amount} USD is not a whole number of micro-dollars")
-    return whole
-
-
-def usd(micros: int) -> Decimal:
-    """Integer micro-dollars as USD (6 decimal places), exactly."""
-    return Decimal(micros).scaleb(-6)
-
 
 class RecentCalls:
     """The (account, call id) pairs this process committed to ``calls`` lately: a repeat report
@@ -279,11 +263,11 @@ class RecentCalls:
 
 
 class Tracked(NamedTuple):
-    """A meter as the fold holds it: the meter, its cycle, how many of its calls it holds
+    """A meter as the fold holds it: the meter (in micro-dollars), its cycle, how many of its calls it holds
     (``position``: calls 1 to position) and how many the snapshot in the database holds (``saved``;
     -1: the meter has no row yet). A named tuple, for the same reason as ``Account``."""
 
-    meter: Meter
+    meter: Micros
     cycle: Cycle
     position: int
     saved: int
@@ -563,11 +547,14 @@ class MeterStore:
         for row in rows:
             key = (row["account_id"], row["cycle_start"])
             found[key] = Tracked(
-                _meter_of(row), Cycle(row["cycle_start"], row["cycle_end"]), row["through_seq"], row["snapshot_seq"]
+                in_micros(_meter_of(row)),
+                Cycle(row["cycle_start"], row["cycle_end"]),
+                row["through_seq"],
+                row["snapshot_seq"],
             )
         for key, (account, cycle) in wanted.items():
             if key not in found:
-                found[key] = Tracked(Meter(cap=account.cap), cycle, 0, -1)
+                found[key] = Tracked(in_micros(Meter(cap=account.cap)), cycle, 0, -1)
         return found
 
     async def record_calls(self, rows: list[Call]) -> set[CallKey]:
@@ -637,7 +624,7 @@ class MeterStore:
         """Write these meters back as snapshots where each moves forward; returns the keys written."""
         if not meters:
             return set()
-        rows = [_snapshot_row(a, t.cycle, t.meter, t.position) for a, t in meters]
+        rows = [_snapshot_row(a, t.cycle, in_usd(t.meter), t.position) for a, t in meters]
         written = await (await self._driver()).fetch(SAVE_SNAPSHOTS, _json(rows))
         return {(account_id, cycle_start) for account_id, cycle_start in written}
 

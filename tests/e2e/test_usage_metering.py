@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from contracts import messages as m
+from services.usage_metering.domain import in_usd
 from tests import support
 from tests.support import ADMIN, SUPPORT, Bus, message, new_account, scalar, wait_until
 
@@ -192,7 +193,11 @@ async def test_two_replicas_folding_one_meter_during_a_rebalance_lose_nothing_an
     )
     assert thresholds == [50, 80, 100]
     held = _memory(new).get(account, 0, NOV_1)  # the new owner holds the meter as it stands
-    assert (held.meter.billable, held.meter.over_cap, held.position) == (Decimal("250.00"), Decimal("20.00"), 4)
+    assert (in_usd(held.meter).billable, in_usd(held.meter).over_cap, held.position) == (
+        Decimal("250.00"),
+        Decimal("20.00"),
+        4,
+    )
     # The new owner's snapshot goes first; the old owner's, behind it, is refused and forgotten.
     for processor in (new, stale):
         await MeterSnapshots(_memory(processor), make_sessions(dbs["usage_metering"]), 60).write()
@@ -313,8 +318,9 @@ async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_m
     import random
 
     from services.usage_metering import domain
-    from services.usage_metering.storage import BITS, micro_dollars
+    from services.usage_metering.storage import BITS
     from shared.db import driver_connection, make_sessions
+    from shared.money import micro_dollars
 
     rng = random.Random(21)
     expected: dict[str, tuple] = {}
@@ -326,16 +332,17 @@ async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_m
         meter = domain.Meter(cap=rng.choice([Decimal("0"), Decimal("10.00"), Decimal("37.50"), Decimal("250.00")]))
         costs = [Decimal(rng.randint(0, 60_000_000)) / 1_000_000 for _ in range(rng.randint(0, 16))]
         at = rng.randint(0, len(costs))  # the snapshot holds calls 1 to at
-        parts: list[tuple[Decimal, Decimal]] = []
+        parts: list[tuple[int, int]] = []  # micro-dollars
         for index, cost in enumerate(costs):
             if index == at and not late and rng.random() < 0.3:  # a cap change wrote the snapshot
                 meter, _ = domain.change_cap(meter, rng.choice([Decimal("5.00"), Decimal("40.00"), Decimal("300.00")]))
             if index == at:
                 snapshot = meter
             if late:
-                meter, [part] = domain.accrue_late_calls(meter, [cost])
+                folded, [part] = domain.accrue_late_calls(domain.in_micros(meter), [micro_dollars(cost)])
             else:
-                meter, [part], _ = domain.accrue_calls(meter, [cost])
+                folded, [part], _ = domain.accrue_calls(domain.in_micros(meter), [micro_dollars(cost)])
+            meter = domain.in_usd(folded)
             parts.append(part)
         if at == len(costs):
             snapshot = meter
@@ -362,8 +369,8 @@ async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_m
                     micro_dollars(cost),
                     cycle_start,
                     seq,
-                    micro_dollars(billable),
-                    micro_dollars(over),
+                    billable,
+                    over,
                 )
             )
         bits = sum(BITS[p] for p in meter.alerted)
@@ -538,4 +545,4 @@ async def test_calls_of_a_batch_that_was_rolled_back_and_retried_are_charged(sta
     await processor.process(_records(account, [call(account, "4.00"), call(account, "5.00")]))
     assert refused and await accrued(dbs, account) == Decimal("9.00")
     assert await _calls_recorded(dbs, account) == 2
-    assert _memory(processor).get(account, 0, NOV_1).meter.billable == Decimal("9.00")
+    assert in_usd(_memory(processor).get(account, 0, NOV_1).meter).billable == Decimal("9.00")

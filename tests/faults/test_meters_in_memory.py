@@ -33,8 +33,11 @@ def expected_alerts(workload: Workload, account: str) -> list[tuple[str, int, De
         if call.account_id == account and call.call_id not in seen:
             seen.add(call.call_id)
             costs.append(call.cost)
-    _, alerts = domain.accrue_many(domain.Meter(cap=CAP), costs)
-    return sorted((a.kind, a.threshold_percent or 0, a.billable) for _, a in alerts)
+    meter, alerts = domain.Meter(cap=CAP), []
+    for cost in costs:
+        meter, raised = domain.accrue(meter, cost)
+        alerts += raised
+    return sorted((a.kind, a.threshold_percent or 0, a.billable) for a in alerts)
 
 
 def alerts_sent(bus: Bus, account: str) -> list[tuple[str, int, Decimal]]:

@@ -21,7 +21,7 @@ from services.cycle_close.storage import BillingAccount
 from services.license_orders import storage as license_storage
 from services.license_orders.domain import Balance, PurchaseQuote
 from services.usage_metering import storage as metering_storage
-from services.usage_metering.domain import Meter
+from services.usage_metering.domain import Meter, in_micros, in_usd
 from shared.cycles import Cycle
 from shared.runtime.seals import SealKey
 from shared.runtime.unit_of_work import Received
@@ -301,9 +301,9 @@ class FakeMeterStore:
         for key, (account, cycle) in wanted.items():
             if key in self.stored:
                 end, meter, position = self.stored[key]
-                found[key] = metering_storage.Tracked(meter, Cycle(cycle.start, end), position, position)
+                found[key] = metering_storage.Tracked(in_micros(meter), Cycle(cycle.start, end), position, position)
             else:
-                found[key] = metering_storage.Tracked(Meter(cap=account.cap), cycle, 0, -1)
+                found[key] = metering_storage.Tracked(in_micros(Meter(cap=account.cap)), cycle, 0, -1)
         return found
 
     async def record_calls(self, rows: list[metering_storage.Call]) -> set[tuple[str, str]]:
@@ -328,7 +328,7 @@ class FakeMeterStore:
         in_memory: bool,
     ) -> None:
         for key, tracked in states.items():  # no transaction to wait for
-            self.stored[key] = (tracked.cycle.end, tracked.meter, tracked.position)
+            self.stored[key] = (tracked.cycle.end, in_usd(tracked.meter), tracked.position)
 
     async def save_snapshots(self, meters: list[tuple[str, metering_storage.Tracked]]) -> set[tuple[str, date]]:
         return {(account_id, tracked.cycle.start) for account_id, tracked in meters}

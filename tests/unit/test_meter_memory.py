@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from services.usage_metering.domain import Meter
+from services.usage_metering.domain import Meter, in_micros
 from services.usage_metering.storage import MeterMemory, Tracked
 from shared.cycles import Cycle
 
@@ -15,7 +15,7 @@ DEC = Cycle(date(2026, 12, 1), date(2027, 1, 1))
 
 
 def tracked(billable: str, position: int, saved: int = 0, cycle: Cycle = NOV) -> Tracked:
-    return Tracked(Meter(cap=Decimal("250.00"), billable=Decimal(billable)), cycle, position, saved)
+    return Tracked(in_micros(Meter(cap=Decimal("250.00"), billable=Decimal(billable))), cycle, position, saved)
 
 
 def test_a_meter_is_held_at_the_epoch_its_account_was_read_at_and_dropped_when_the_epoch_moves() -> None:

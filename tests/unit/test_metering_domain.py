@@ -321,26 +321,62 @@ meters = st.builds(
 )
 
 
-@settings(max_examples=400)
-@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
-def test_a_batch_of_calls_accrues_and_alerts_exactly_as_the_calls_one_by_one(meter, costs):
-    """The batch path (accrue_many) is the hot path of the service; accrue is the rule."""
-    expected_alerts: list[tuple[int, Alert]] = []
-    expected = meter
+def one_by_one(meter: Meter, costs: list[Decimal]) -> tuple[Meter, list[tuple[int, Alert]]]:
+    """The rule: ``accrue`` for each call in turn, each alert with the index of the call that raised it."""
+    alerts: list[tuple[int, Alert]] = []
     for index, cost in enumerate(costs):
-        expected, raised = domain.accrue(expected, cost)
-        expected_alerts += [(index, alert) for alert in raised]
+        meter, raised = domain.accrue(meter, cost)
+        alerts += [(index, alert) for alert in raised]
+    return meter, alerts
 
-    folded, alerts = domain.accrue_many(meter, costs)
 
-    assert folded == expected
+def in_micros(costs: list[Decimal]) -> list[int]:
+    return [int(cost * 1_000_000) for cost in costs]
+
+
+call_costs = st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30)
+
+
+@settings(max_examples=400)
+@given(meter=meters, costs=call_costs)
+def test_a_batch_of_calls_accrues_and_alerts_in_micro_dollars_exactly_as_the_calls_one_by_one(meter, costs):
+    """The calls path folds a batch in integer micro-dollars (accrue_calls); accrue is the rule."""
+    expected, expected_alerts = one_by_one(meter, costs)
+
+    folded, parts, alerts = domain.accrue_calls(domain.in_micros(meter), in_micros(costs))
+
+    assert domain.in_usd(folded) == expected
     assert alerts == expected_alerts
+    assert [billable + over for billable, over in parts] == in_micros(costs)
+    assert domain.in_micros(meter).billable + sum(b for b, _ in parts) == folded.billable
+    assert domain.in_micros(meter).over_cap + sum(o for _, o in parts) == folded.over_cap
+
+
+@settings(max_examples=300)
+@given(
+    micros=st.one_of(st.integers(min_value=0, max_value=1_000), st.integers(min_value=0, max_value=10**9)),
+    offsets=st.lists(st.integers(-2, 2), min_size=3, max_size=3),
+)
+def test_each_threshold_alerts_at_the_same_call_as_the_rule_when_the_accrual_lands_beside_it(micros, offsets):
+    """Calls that bring the accrual to a micro-dollar or two either side of each threshold, or onto
+    it, for caps whose thresholds fall between two micro-dollars (50 % of 0.000003 USD) as well as
+    on one: the batch in micro-dollars alerts at the same call as the rule."""
+    meter = Meter(cap=Decimal(micros) / 1_000_000)
+    micro = Decimal("0.000001")
+    marks = [meter.cap * p / 100 + offset * micro for p, offset in zip(domain.THRESHOLDS, offsets, strict=True)]
+    targets = sorted(max(Decimal(0), mark.quantize(micro, rounding="ROUND_CEILING")) for mark in marks)
+    costs = [b - a for a, b in zip([Decimal(0), *targets], targets, strict=False)] + [micro] * 3
+
+    expected, expected_alerts = one_by_one(meter, costs)
+    folded, _, alerts = domain.accrue_calls(domain.in_micros(meter), in_micros(costs))
+
+    assert (domain.in_usd(folded), alerts) == (expected, expected_alerts)
 
 
 def test_a_batch_that_crosses_every_threshold_names_the_call_that_crossed_each():
     costs = [Decimal("100.00"), Decimal("30.00"), Decimal("80.00"), Decimal("40.00"), Decimal("5.00")]
 
-    meter, alerts = domain.accrue_many(Meter(cap=CAP), costs)
+    meter, _, alerts = domain.accrue_calls(domain.in_micros(Meter(cap=CAP)), in_micros(costs))
 
     assert [(i, a.kind, a.threshold_percent, a.billable) for i, a in alerts] == [
         (1, "threshold", 50, Decimal("130.00")),
@@ -348,33 +384,29 @@ def test_a_batch_that_crosses_every_threshold_names_the_call_that_crossed_each()
         (3, "threshold", 100, CAP),
         (3, "blocked", None, CAP),
     ]
-    assert (meter.billable, meter.over_cap) == (CAP, Decimal("5.00"))
-
-
-@settings(max_examples=400)
-@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
-def test_the_parts_of_each_call_add_up_to_the_meter_the_batch_accrues(meter, costs):
-    """accrue_calls is accrue_many with each call split in its billable and over-cap parts, which
-    the ledger keeps: the snapshot plus the parts is the folded meter."""
-    folded, alerts = domain.accrue_many(meter, costs)
-
-    with_parts, parts, alerts_too = domain.accrue_calls(meter, costs)
-
-    assert (with_parts, alerts_too) == (folded, alerts)
-    assert [billable + over for billable, over in parts] == costs
-    assert meter.billable + sum((b for b, _ in parts), Decimal(0)) == folded.billable
-    assert meter.over_cap + sum((o for _, o in parts), Decimal(0)) == folded.over_cap
+    assert (meter.billable, meter.over_cap) == (250_000_000, 5_000_000)
+    assert all(str(alert.cap) == "250.00" for _, alert in alerts), "an alert carries the cap as set"
 
 
 @settings(max_examples=200)
-@given(meter=meters, costs=st.lists(st.decimals(min_value=0, max_value=300, places=6), max_size=30))
-def test_late_calls_split_as_accrue_late_does(meter, costs):
+@given(meter=meters, costs=call_costs)
+def test_late_calls_split_in_micro_dollars_as_accrue_late_does(meter, costs):
     expected = meter
     for cost in costs:
         expected = domain.accrue_late(expected, cost)
 
-    folded, parts = domain.accrue_late_calls(meter, costs)
+    folded, parts = domain.accrue_late_calls(domain.in_micros(meter), in_micros(costs))
 
-    assert folded == expected
-    assert [billable + over for billable, over in parts] == costs
-    assert meter.late_unbilled + sum((b for b, _ in parts), Decimal(0)) == folded.late_unbilled
+    assert domain.in_usd(folded) == expected
+    assert [billable + over for billable, over in parts] == in_micros(costs)
+    assert domain.in_micros(meter).late_unbilled + sum(b for b, _ in parts) == folded.late_unbilled
+
+
+@given(meter=meters)
+def test_a_meter_in_micro_dollars_is_the_same_meter(meter):
+    assert domain.in_usd(domain.in_micros(meter)) == meter
+
+
+def test_an_amount_finer_than_a_micro_dollar_is_refused_not_rounded():
+    with pytest.raises(ValueError, match="micro-dollars"):
+        domain.in_micros(Meter(cap=CAP, billable=Decimal("1.0000005")))
