@@ -141,3 +141,18 @@ def test_a_batch_with_a_fraction_finer_than_microseconds_goes_to_the_model() -> 
     fast, exact = _verdicts(data)
     assert fast is None and exact is not None
     assert exact[0]["occurred_at"][2].second == 1
+
+
+def test_an_account_id_is_remembered_only_once_it_matched_and_the_memory_stays_bounded(monkeypatch) -> None:
+    from services.usage_metering import calls_codec
+
+    monkeypatch.setattr(calls_codec, "_CHECKED_ACCOUNTS", set())
+    monkeypatch.setattr(calls_codec, "_CHECKED_ACCOUNTS_MAX", 2)
+    for _ in range(2):  # refused, and still refused: a refused id is never remembered
+        for odd in ("acc 1", "acc-1\n", "", "ä" * 3, "a" * 65):
+            assert not _agree(json.dumps([VALID | {"account_id": "acc-1"}, VALID | {"account_id": odd}]).encode())
+    assert calls_codec._CHECKED_ACCOUNTS.issubset({"acc-1"})
+
+    for account_id in ("acc-1", "acc-2", "acc-3", "acc-1"):
+        assert _agree(json.dumps([VALID | {"account_id": account_id}]).encode())
+        assert account_id in calls_codec._CHECKED_ACCOUNTS and len(calls_codec._CHECKED_ACCOUNTS) <= 2
