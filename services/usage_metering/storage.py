@@ -569,9 +569,14 @@ class MeterStore:
         claim of the same call to commit or roll back; the rows follow only if none was claimed
         before. A place in a meter taken meanwhile by another call (another transaction folded the
         same meter: its ids differ from these) refuses the rows: the batch is retried, its
-        accounts' meters read again from the database."""
+        accounts' meters read again from the database.
+
+        The rows go in sorted by account and call id, the order of both keys: consecutive
+        insertions then land on the same or the next index pages, which costs PostgreSQL about a
+        fifth less than a batch's calls in the order they came (docs/architecture.md, Decisions)."""
         if not rows:
             return set()
+        rows = sorted(rows)  # by account id, then call id: each pair is in rows once
         conn = await self._driver()
         ids = [(a, c, s) for a, c, _, s, _, _, _ in rows]
         await conn.execute(BEFORE_CALLS_COPY)
