@@ -51,7 +51,7 @@ def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def driver_connection(session: AsyncSession) -> Any:
+async def driver_connection(session: AsyncSession, first: str | None = None) -> Any:
     """The asyncpg connection under ``session``'s transaction, with ``BEGIN`` already sent.
 
     The per-message hot paths (inbox, outbox, a license command, a batch of calls) run their
@@ -59,13 +59,38 @@ async def driver_connection(session: AsyncSession) -> Any:
     asyncpg's round trip itself. The session still owns the transaction (commit, rollback).
     SQLAlchemy sends ``BEGIN`` lazily, with its first statement; a statement sent here before
     that would run in autocommit, so the transaction is started first when it is not yet.
+
+    ``first``: a statement without parameters run here, in the transaction. When the transaction
+    has not begun, it goes with ``BEGIN`` in one round trip (the simple query protocol takes
+    several statements), and SQLAlchemy's adapter is handed a ``_Begun`` to end the transaction.
     """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
-    if getattr(adapted, "_transaction", None) is None:
+    driver: Any = raw.driver_connection
+    if getattr(adapted, "_transaction", None) is not None:
+        if first is not None:
+            await driver.execute(first)
+    elif first is None:
         await adapted._start_transaction()
-    return raw.driver_connection
+    else:
+        adapted._transaction = _Begun(driver)  # before: a failure of ``first`` still rolls back
+        await driver.execute(f"begin; {first}")
+    return driver
+
+
+class _Begun:
+    """A transaction begun by ``driver_connection`` itself: what SQLAlchemy's asyncpg adapter
+    calls to end it (as it calls asyncpg's ``Transaction`` when it began the transaction)."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    async def commit(self) -> None:
+        await self._driver.execute("commit")
+
+    async def rollback(self) -> None:
+        await self._driver.execute("rollback")
 
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

@@ -454,18 +454,25 @@ class MeterStore:
         self.memory = memory if memory is not None else MeterMemory()
         self.account_cache = account_cache if account_cache is not None else AccountCache()
         self._positions: dict[MeterKey, int] = {}  # of the meters read by ``meters``, for ``save_meters``
+        self._conn: Any = None
 
-    async def _driver(self) -> Any:
-        """The asyncpg connection under this session's transaction. The calls path uses it
-        directly: SQLAlchemy's per-row and per-parameter work costs microseconds a row."""
-        return await driver_connection(self.session)
+    async def _driver(self, first: str | None = None) -> Any:
+        """The asyncpg connection under this session's transaction (``first``: see
+        ``driver_connection``). The calls path uses it directly: SQLAlchemy's per-row and
+        per-parameter work costs microseconds a row, and each of its ``session.connection()``
+        a greenlet switch."""
+        if self._conn is None:
+            self._conn = await driver_connection(self.session, first)
+        elif first is not None:
+            await self._conn.execute(first)
+        return self._conn
 
     async def share_metering(self) -> None:
-        # On the driver, without parameters: a simple query, no statement to prepare or bind.
-        await (await self._driver()).execute(f"select pg_advisory_xact_lock_shared({METERING_LOCK})")
+        # Without parameters: a simple query, sent with BEGIN when it is the transaction's first.
+        await self._driver(f"select pg_advisory_xact_lock_shared({METERING_LOCK})")
 
     async def own_metering(self) -> None:
-        await (await self._driver()).execute(f"select pg_advisory_xact_lock({METERING_LOCK})")
+        await self._driver(f"select pg_advisory_xact_lock({METERING_LOCK})")
 
     async def open_account(self, account_id: str, billing_day: int, cap: Decimal, first: Cycle) -> None:
         await self.session.execute(

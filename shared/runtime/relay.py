@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 # releases its lock; a standby replica tries to take the lead this often.
 LEADER_IDLE_TIMEOUT = "5s"
 STANDBY_POLL_S = 1.0
+# What the leader's connection writes is only ever the deletion of rows the broker has acknowledged
+# (or their setting aside as dead letters): lost in a crash, they are published again, which
+# consumers deduplicate. So its commits do not wait for the WAL to reach the disk, and a round reads
+# the next rows without waiting for the last round's deletion to be flushed (on a busy disk, a flush
+# takes from a few to tens of milliseconds, which every alert would wait for).
+LEADER_SETTINGS = {"idle_session_timeout": LEADER_IDLE_TIMEOUT, "synchronous_commit": "off"}
 
 MAX_BATCH_BYTES = 256 * 1024
 
@@ -128,7 +134,7 @@ class OutboxRelay:
         relay until that connection fails. The lock goes with the connection: a relay that dies, or
         is frozen longer than ``LEADER_IDLE_TIMEOUT`` (PostgreSQL closes its idle connection), hands
         over to a standby replica."""
-        db = await asyncpg.connect(self.dsn, server_settings={"idle_session_timeout": LEADER_IDLE_TIMEOUT})
+        db = await asyncpg.connect(self.dsn, server_settings=LEADER_SETTINGS)
         try:
             while True:
                 if await db.fetchval("select pg_try_advisory_lock($1)", self.lock_key):
