@@ -221,11 +221,6 @@ CLAIM_CALL_IDS = (
 )
 
 
-# Before the COPYs of a batch's new calls: a COPY that hits a key (a repeat older than RecentCalls,
-# another replica's call, a replay) is rolled back to here alone.
-BEFORE_CALLS_COPY = "savepoint before_calls_copy"
-UNDO_CALLS_COPY = "rollback to savepoint before_calls_copy"
-
 CallKey = tuple[str, str]  # account id, call id
 Call = tuple[str, str, int, date, int, int, int]  # CALLS_COLUMNS: cost, billable, over_cap in micro-dollars
 
@@ -247,6 +242,9 @@ class RecentCalls:
         self._generation = (capacity + 1) // 2
         self._young: set[CallKey] = set()
         self._old: set[CallKey] = set()
+        # A repeat got past this record (its COPY hit the key and the batch was rolled back): the
+        # next batches claim their ids with the deduplicating insert, until one finds no repeat.
+        self.missed = False
 
     def __contains__(self, key: CallKey) -> bool:
         return key in self._young or key in self._old
@@ -455,6 +453,7 @@ class MeterStore:
         self.account_cache = account_cache if account_cache is not None else AccountCache()
         self._positions: dict[MeterKey, int] = {}  # of the meters read by ``meters``, for ``save_meters``
         self._conn: Any = None
+        self._claimed: set[CallKey] = set()  # ids this transaction claimed in call_ids (``record_calls``)
 
     async def _driver(self, first: str | None = None) -> Any:
         """The asyncpg connection under this session's transaction (``first``: see
@@ -567,16 +566,20 @@ class MeterStore:
     async def record_calls(self, rows: list[Call]) -> set[CallKey]:
         """Record the calls by (account, call id), each pair at most once in ``rows``, all of them or
         none: the pairs recorded before (a repeat report: no second charge) are returned, and then
-        nothing of ``rows`` is written (the fold that gave their places and parts counted them).
+        no row of ``rows`` is written (the fold that gave their places and parts counted them);
+        the caller folds again without them and records the rest.
 
         Two binary COPYs: the ids into ``call_ids`` (the key that says a call was charged, ever),
         then the rows into ``calls``, about twice the rate of the deduplicating insert and half its
-        PostgreSQL CPU (docs/architecture.md, Decisions). When a COPY hits a key, both are undone
-        and the ids claimed with the deduplicating insert instead, which waits for a concurrent
-        claim of the same call to commit or roll back; the rows follow only if none was claimed
-        before. A place in a meter taken meanwhile by another call (another transaction folded the
-        same meter: its ids differ from these) refuses the rows: the batch is retried, its
-        accounts' meters read again from the database.
+        PostgreSQL CPU (docs/architecture.md, Decisions). A COPY that hits a key aborts the
+        transaction: ``RecentCalls.missed`` is set and the batch is retried (``ConcurrentUpdate``),
+        and then its ids are claimed with the deduplicating insert first, which waits for a
+        concurrent claim of the same call to commit or roll back and names the calls recorded
+        before. No savepoint guards the COPYs: a hit is rare (a repeat older than ``RecentCalls``,
+        another replica's call), and a savepoint is a round trip in every batch. A place in a
+        meter taken meanwhile by another call (another transaction folded the same meter: its ids
+        differ from these) refuses the rows: the batch is retried, its accounts' meters read
+        again from the database.
 
         The rows go in sorted by account and call id, the order of both keys: consecutive
         insertions then land on the same or the next index pages, which costs PostgreSQL about a
@@ -585,23 +588,29 @@ class MeterStore:
             return set()
         rows = sorted(rows)  # by account id, then call id: each pair is in rows once
         conn = await self._driver()
-        ids = [(a, c, s) for a, c, _, s, _, _, _ in rows]
-        await conn.execute(BEFORE_CALLS_COPY)
+        recent = self.recent_calls
         try:
-            await conn.copy_records_to_table(call_ids.name, records=ids, columns=CALL_IDS_COLUMNS)
+            if recent.missed:
+                unclaimed = [(a, c, str(s)) for a, c, _, s, _, _, _ in rows if (a, c) not in self._claimed]
+                if unclaimed:
+                    found = await conn.fetch(CLAIM_CALL_IDS, _json(unclaimed))
+                    repeats = {(unclaimed[index][0], unclaimed[index][1]) for (index,) in found}
+                    self._claimed |= {(a, c) for a, c, _ in unclaimed} - repeats
+                    if repeats:
+                        return repeats  # the others stay claimed by this transaction
+                    recent.missed = False
+            else:
+                ids = [(a, c, s) for a, c, _, s, _, _, _ in rows]
+                await conn.copy_records_to_table(call_ids.name, records=ids, columns=CALL_IDS_COLUMNS)
             await conn.copy_records_to_table(calls.name, records=rows, columns=CALLS_COLUMNS)
-        except asyncpg.UniqueViolationError:
-            await conn.execute(UNDO_CALLS_COPY)
-            claimed = await conn.fetch(CLAIM_CALL_IDS, _json([(a, c, str(s)) for a, c, s in ids]))
-            if claimed:
-                await conn.execute(UNDO_CALLS_COPY)
-                return {(rows[index][0], rows[index][1]) for (index,) in claimed}
-            try:
-                await conn.copy_records_to_table(calls.name, records=rows, columns=CALLS_COLUMNS)
-            except asyncpg.UniqueViolationError as exc:
-                await conn.execute(UNDO_CALLS_COPY)
-                self.memory.drop({row[0] for row in rows})
-                raise ConcurrentUpdate(f"a place in a meter of this batch was taken meanwhile: {exc}") from exc
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name == call_ids.name:
+                recent.missed = True
+                raise ConcurrentUpdate(
+                    f"a call of this batch was recorded before: claimed first next time ({exc})"
+                ) from exc
+            self.memory.drop({row[0] for row in rows})
+            raise ConcurrentUpdate(f"a place in a meter of this batch was taken meanwhile: {exc}") from exc
         return set()
 
     async def create_meters(self, new: list[tuple[str, Tracked]]) -> None:

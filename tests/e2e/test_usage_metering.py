@@ -505,8 +505,8 @@ async def test_a_repeat_older_than_the_record_of_recent_calls_is_still_charged_o
     await processor.process(_records(account, first))
     assert await accrued(dbs, account) == Decimal("6.000001")
 
-    # first[0] is forgotten (only the last two are kept): its COPY meets the key, the batch falls
-    # back to the deduplicating insert, and the new call beside it is charged.
+    # first[0] is forgotten (only the last two are kept): its COPY meets the key, the batch is rolled
+    # back and retried with its ids claimed by the deduplicating insert, and the call beside it is charged.
     await processor.process(_records(account, [_reported_again(first[0]), call(account, "0.50")]))
     await processor.process(_records(account, [_reported_again(first[2])]))  # remembered: dropped before the write
     assert await accrued(dbs, account) == Decimal("6.500001")
