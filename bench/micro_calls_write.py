@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import time
-import uuid
-from datetime import date
 
 import asyncpg
 
 from bench.common import add_stack_arguments, connect, stack_from
-from bench.micro_copy_order import CALL_IDS_COLUMNS, CALLS_COLUMNS, TABLES, backend_cpu_s
+from bench.micro_copy_order import ACCOUNTS, CALL_IDS_COLUMNS, CALLS_COLUMNS, backend_cpu_s, call_batches, fresh_tables
 
-ACCOUNTS = 10_000
-DAY = date(2027, 3, 1)
 SIZES = (25, 100, 350, 1000, 5000)
 # As ``storage.INSERT_CALLS`` does, on the scratch tables.
 INSERT_BOTH = (
@@ -53,19 +48,8 @@ WAYS = {"two COPYs": copy_twice, "one insert": insert_once}
 
 async def one_round(conn: asyncpg.Connection, pid: int, way: str, size: int, calls: int) -> tuple[float, float]:
     """Fresh tables, ``calls`` calls written ``size`` a transaction; (ms a batch, PostgreSQL µs a call)."""
-    await conn.execute("drop table if exists bench_call_ids; drop table if exists bench_calls")
-    for ddl in TABLES:
-        await conn.execute(ddl)
-    rng = random.Random(1)
-    seqs: dict[str, int] = {}
-    batches = []
-    for _ in range(calls // size):
-        rows = []
-        for _ in range(size):
-            account = f"a-{rng.randrange(ACCOUNTS):05d}"
-            seq = seqs[account] = seqs.get(account, 0) + 1
-            rows.append((account, str(uuid.UUID(int=rng.getrandbits(128))), 1000, DAY, seq, 1000, 0))
-        batches.append(sorted(rows))
+    await fresh_tables(conn)
+    batches = call_batches(calls, size, sort=True)
     write = WAYS[way]
     await conn.execute("checkpoint")
     cpu, started = backend_cpu_s(pid), time.perf_counter()

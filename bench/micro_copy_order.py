@@ -21,6 +21,7 @@ import time
 import uuid
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -43,21 +44,32 @@ def backend_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def one_round(conn: asyncpg.Connection, pid: int, order: str, calls: int) -> tuple[float, float]:
-    """Fresh tables, ``calls`` calls written a batch at a time; (rows/s, PostgreSQL µs a call)."""
+async def fresh_tables(conn: asyncpg.Connection) -> None:
     await conn.execute("drop table if exists bench_call_ids; drop table if exists bench_calls")
     for ddl in TABLES:
         await conn.execute(ddl)
+
+
+def call_batches(calls: int, size: int, sort: bool) -> list[list[tuple[Any, ...]]]:
+    """``calls`` rows shaped like ``calls`` over ``ACCOUNTS`` accounts, ``size`` a batch, each
+    account's places numbered in order (the same rows every time: a fixed seed)."""
     rng = random.Random(1)
     seqs: dict[str, int] = {}
     batches = []
-    for _ in range(calls // BATCH):
+    for _ in range(calls // size):
         rows = []
-        for _ in range(BATCH):
+        for _ in range(size):
             account = f"a-{rng.randrange(ACCOUNTS):05d}"
             seq = seqs[account] = seqs.get(account, 0) + 1
             rows.append((account, str(uuid.UUID(int=rng.getrandbits(128))), 1000, DAY, seq, 1000, 0))
-        batches.append(sorted(rows) if order == "sorted" else rows)
+        batches.append(sorted(rows) if sort else rows)
+    return batches
+
+
+async def one_round(conn: asyncpg.Connection, pid: int, order: str, calls: int) -> tuple[float, float]:
+    """Fresh tables, ``calls`` calls written a batch at a time; (rows/s, PostgreSQL µs a call)."""
+    await fresh_tables(conn)
+    batches = call_batches(calls, BATCH, sort=order == "sorted")
     await conn.execute("checkpoint")
     cpu, started = backend_cpu_s(pid), time.perf_counter()
     for rows in batches:
