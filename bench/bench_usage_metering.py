@@ -132,6 +132,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--skip-replay", action="store_true", help="skip (c)")
     parser.add_argument("--skip-alerts", action="store_true", help="skip (d)")
+    parser.add_argument("--skip-alert-floor", action="store_true", help="skip (d)'s durable floor")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=1800.0, help="bound on each waiting phase, seconds")
     parser.add_argument(
@@ -821,7 +822,7 @@ def report_alerts(plan: AlertPlan, run: AlertRun) -> dict[str, Any]:
 
 async def measure_alerts(bench: Bench, args: argparse.Namespace, rate: int, rng: random.Random) -> dict[str, Any]:
     """(d) Open-loop alert latency at ``rate``: fresh accounts, the armed ones brought to their
-    thresholds, then the schedule."""
+    thresholds, then the schedule; then, the worker stopped, the durable floor at the same rate."""
     plan = plan_alerts(bench.prefix, rate, args.alert_seconds, args.alert_warmup, args.crossings)
     kafka = producer(bench.stack)
     await kafka.start()
@@ -831,7 +832,93 @@ async def measure_alerts(bench: Bench, args: argparse.Namespace, rate: int, rng:
         run = await run_alert_loop(bench, plan, schedule, args.timeout)
     finally:
         await kafka.stop()
-    return report_alerts(plan, run)
+    report = report_alerts(plan, run)
+    if not args.skip_alert_floor:
+        stop_metering(bench.workers, args.replicas)
+        floor = await alert_floor(bench, plan, alert_schedule(plan, levels, rng), args.replicas)
+        report["floor_p99_ms"] = p99_ms(floor)
+    return report
+
+
+async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, processes: int) -> list[float]:
+    """(d)'s durable floor: the same open loop with the service stopped and, in its place, as many
+    bare processes as replicas reading ``usage.calls`` as its calls consumer does, each batch
+    written by ``COPY`` and committed, nothing else (bench/floor_pipeline.py, ``live``). What the
+    cheapest durable pipeline takes at this rate on this machine, from a crossing call's intended
+    send to the commit of its batch; the service's alert also needs its relay and the broker after."""
+    items, intended = schedule
+    conn = await connect(bench.stack, "bench_raw")
+    try:
+        await conn.execute(floor_pipeline.CREATE_TABLE)
+        await conn.execute(f"truncate {floor_pipeline.TABLE}")
+    finally:
+        await conn.close()
+    linger_ms = MeteringSettings().calls_linger_ms
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.floor_pipeline",
+            bench.stack.bootstrap,
+            CALLS,
+            json.dumps(list(range(share, USAGE_CALLS.partitions, processes))),
+            "live",
+            str(linger_ms),
+            "crossing",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, floor_pipeline.DSN_VARIABLE: bench.stack.dsn("bench_raw")},
+        )
+        for share in range(processes)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), 60)
+            if line.strip() != b"ready":
+                raise RuntimeError("a floor pipeline process did not start (its error is above)")
+        start_box: list[float] = [0.0]
+        transport: list[float] = []
+        armed_keys = {a.encode() for a in plan.armed_ids}
+
+        def on_record(arrival: float, record: ConsumerRecord[Any, Any]) -> None:
+            if record.key in armed_keys:  # the same bare reader of partition 0 as in the service's run
+                cause = intended.get(json.loads(record.value)["message_id"])
+                if cause is not None:
+                    transport.append(arrival - (start_box[0] + cause[0]))
+
+        reader = Reader(bench.stack, [TopicPartition(CALLS, 0)], on_record)
+        await reader.start()
+        sender = producer(bench.stack, linger_ms=0)
+        await sender.start()
+        try:
+            with bench.sampler.phase(f"(d) durable floor, {processes} bare processes (warm-up included)"):
+                await open_loop(sender, items, start_box, batch_every=GENERATOR_LINGER_S)
+                await asyncio.sleep(1.0)  # the last batches committed
+        finally:
+            await sender.stop()
+            await reader.stop()
+        outputs = []
+        for child in children:
+            out, _ = await asyncio.wait_for(child.communicate(b"stop\n"), 60)
+            outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+    wall = time.time() - now()  # a commit's wall-clock time on the benchmark's clock
+    committed = {k: v for out in outputs for k, v in out["committed"].items()}
+    floor = [committed[m] - wall - (start_box[0] + at) for m, (at, _) in intended.items() if m in committed]
+    records = sum(out["records"] for out in outputs)
+    cpu = sum(out["cpu"] for out in outputs)
+    say(
+        f"   durable floor ({processes} bare processes in the worker's place: getmany as it fetches + json.loads + "
+        f"binary COPY + commit; {records:,} calls, their own CPU {1e6 * cpu / max(records, 1):.1f} µs a call): "
+        f"crossing call intended send -> its batch committed: {latency_line(floor)}; "
+        f"{len(floor)}/{len(intended)} committed"
+    )
+    say(f"     transport floor in that run: {latency_line(transport)}")
+    return floor
 
 
 async def _count_is(conn: Any, table: str, lo: str, hi: str, expected: int) -> bool:
@@ -877,6 +964,8 @@ def report_summary(
             f"   alert p99 {alerts['p99_ms']:.1f} ms at {alerts['rate']:,}/s, {alerts['received']}/{alerts['expected']} "
             f"alerts (target <= 100 ms): {verdict(alerts['p99_ms'] <= 100 and alerts['received'] == alerts['expected'])}"
         )
+        floor = f"; durable floor p99 {alerts['floor_p99_ms']:.1f} ms" if "floor_p99_ms" in alerts else ""
+        say(f"   transport floor p99 {alerts['transport_p99_ms']:.1f} ms{floor} (no target)")
     say(f"   worker CPU during (b): {replicas_cpu(cpu_b, SERVICE):.0f} % of a core, {args.replicas} replica(s)")
 
 

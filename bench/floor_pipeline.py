@@ -25,6 +25,14 @@ The mode says how a batch is read and written:
 Run as a child: ``python -m bench.floor_pipeline BOOTSTRAP TOPIC RANGES MODE`` with the DSN in
 ``BENCH_FLOOR_DSN`` (RANGES: JSON ``{partition: [start, end]}``); prints one JSON line: records,
 first and last batch times, CPU.
+
+The ``live`` mode is (d)'s durable floor: ``python -m bench.floor_pipeline BOOTSTRAP TOPIC
+PARTITIONS live LINGER_MS MARKER`` (PARTITIONS: a JSON list) reads its partitions from their end
+as the service's calls consumer does (fetches of at least its ``fetch_min_bytes`` or after
+LINGER_MS), writes each batch as ``copy`` does and commits it; the offsets are committed every
+0.1 s beside it, as the service's are. It prints ``ready`` once its positions are resolved, runs
+until a line comes on stdin, then prints one JSON line: records, CPU, and for each call whose
+``call_id`` is MARKER the wall-clock time its batch was committed, by message id.
 """
 
 from __future__ import annotations
@@ -65,7 +73,9 @@ FLOOR_CLAIM = (
     "select i from given where not exists (select from fresh where account_id = a and call_id = c)"
 )
 CALLS = TypeAdapter(list[CallCharged])
-MODES = ("json", "contract", "copy")
+MODES = ("json", "contract", "copy", "live")
+LIVE_FETCH_MIN_BYTES = 256 * 1024  # usage metering's calls_fetch_min_bytes
+OFFSETS_EVERY_S = 0.1  # usage metering's offset_commit_interval_ms
 Row = tuple[str, str, Any, Any]
 
 
@@ -163,11 +173,80 @@ async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int,
         await conn.close()
 
 
+async def run_live(
+    dsn: str, bootstrap: str, topic: str, partitions: list[int], linger_ms: int, marker: str
+) -> dict[str, Any]:
+    """(d)'s durable floor: read from the end, each batch by ``COPY`` and committed, until stdin
+    gives a line; the commit time of each call marked ``marker``."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(200_000, 20, 100)  # as a metering worker
+    conn = await asyncpg.connect(dsn)
+    write = _copier(conn)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=f"floor-{topic}",
+        fetch_min_bytes=LIVE_FETCH_MIN_BYTES,
+        fetch_max_wait_ms=linger_ms,
+        **kafka_options(STACK_PRINCIPAL),
+    )
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    stop = loop.run_in_executor(None, sys.stdin.readline)
+    offsets: dict[TopicPartition, int] = {}
+    committer: asyncio.Task[None] | None = None
+
+    async def commit_offsets() -> None:
+        while True:
+            await asyncio.sleep(OFFSETS_EVERY_S)
+            if offsets:
+                await consumer.commit(dict(offsets))
+
+    try:
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:
+            await consumer.position(tp)
+        print("ready", flush=True)
+        committer = asyncio.create_task(commit_offsets())
+        committed: dict[str, float] = {}
+        count, cpu_start = 0, time.process_time()
+        while not stop.done():
+            fetched = await consumer.getmany(timeout_ms=100, max_records=5000)
+            if not fetched:
+                continue
+            rows: list[Row] = []
+            marked: list[str] = []
+            for tp, records in fetched.items():
+                for record in records:
+                    call = json.loads(record.value)
+                    rows.append((call["account_id"], call["call_id"], call["cost"], call["occurred_at"][:8] + "01"))
+                    if call["call_id"] == marker:
+                        marked.append(call["message_id"])
+                offsets[tp] = records[-1].offset + 1
+            await write(rows)
+            done = time.time()
+            committed.update((message_id, done) for message_id in marked)
+            count += len(rows)
+        return {"records": count, "cpu": time.process_time() - cpu_start, "committed": committed}
+    finally:
+        if committer is not None:
+            committer.cancel()
+        await consumer.stop()
+        await conn.close()
+
+
 def main() -> None:
     bootstrap, topic, ranges, mode = sys.argv[1:5]
     dsn = os.environ[DSN_VARIABLE]
     if mode not in MODES:
         raise SystemExit(f"mode must be one of {MODES}, not {mode!r}")
+    if mode == "live":
+        linger_ms, marker = int(sys.argv[5]), sys.argv[6]
+        print(json.dumps(asyncio.run(run_live(dsn, bootstrap, topic, json.loads(ranges), linger_ms, marker))))
+        return
     parsed = {int(p): (int(se[0]), int(se[1])) for p, se in json.loads(ranges).items()}
     print(json.dumps(asyncio.run(run(dsn, bootstrap, topic, parsed, mode))), flush=True)
 
