@@ -133,6 +133,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-replay", action="store_true", help="skip (c)")
     parser.add_argument("--skip-alerts", action="store_true", help="skip (d)")
     parser.add_argument("--skip-alert-floor", action="store_true", help="skip (d)'s durable floor")
+    parser.add_argument(
+        "--floor-linger-ms", type=int, help="how long (d)'s durable floor lets a fetch wait (default: the worker's)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=1800.0, help="bound on each waiting phase, seconds")
     parser.add_argument(
@@ -835,12 +838,13 @@ async def measure_alerts(bench: Bench, args: argparse.Namespace, rate: int, rng:
     report = report_alerts(plan, run)
     if not args.skip_alert_floor:
         stop_metering(bench.workers, args.replicas)
-        floor = await alert_floor(bench, plan, alert_schedule(plan, levels, rng), args.replicas)
+        linger_ms = args.floor_linger_ms or MeteringSettings().calls_linger_ms
+        floor = await alert_floor(bench, plan, alert_schedule(plan, levels, rng), args.replicas, linger_ms)
         report["floor_p99_ms"] = p99_ms(floor)
     return report
 
 
-async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, processes: int) -> list[float]:
+async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, processes: int, linger_ms: int) -> list[float]:
     """(d)'s durable floor: the same open loop with the service stopped and, in its place, as many
     bare processes as replicas reading ``usage.calls`` as its calls consumer does, each batch
     written by ``COPY`` and committed, nothing else (bench/floor_pipeline.py, ``live``). What the
@@ -853,7 +857,6 @@ async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, process
         await conn.execute(f"truncate {floor_pipeline.TABLE}")
     finally:
         await conn.close()
-    linger_ms = MeteringSettings().calls_linger_ms
     children = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -891,10 +894,16 @@ async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, process
         await reader.start()
         sender = producer(bench.stack, linger_ms=0)
         await sender.start()
+        probe = CommitProbe(bench.stack, "bench_raw")
         try:
-            with bench.sampler.phase(f"(d) durable floor, {processes} bare processes (warm-up included)"):
-                await open_loop(sender, items, start_box, batch_every=GENERATOR_LINGER_S)
-                await asyncio.sleep(1.0)  # the last batches committed
+            sending = asyncio.create_task(open_loop(sender, items, start_box, batch_every=GENERATOR_LINGER_S))
+            await asyncio.sleep(0)  # the sender sets its start before its first await
+            await asyncio.sleep(max(0.0, start_box[0] + plan.warmup - now()))
+            with bench.sampler.phase(f"(d) durable floor, {processes} bare processes"):
+                await probe.start()
+                await sending
+                await probe.stop()
+            await asyncio.sleep(1.0)  # the last batches committed
         finally:
             await sender.stop()
             await reader.stop()
@@ -913,11 +922,13 @@ async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, process
     cpu = sum(out["cpu"] for out in outputs)
     say(
         f"   durable floor ({processes} bare processes in the worker's place: getmany as it fetches + json.loads + "
-        f"binary COPY + commit; {records:,} calls, their own CPU {1e6 * cpu / max(records, 1):.1f} µs a call): "
+        f"binary COPY + commit, fetches waiting up to {linger_ms} ms; {records:,} calls, their own CPU "
+        f"{1e6 * cpu / max(records, 1):.1f} µs a call): "
         f"crossing call intended send -> its batch committed: {latency_line(floor)}; "
         f"{len(floor)}/{len(intended)} committed"
     )
     say(f"     transport floor in that run: {latency_line(transport)}")
+    say(f"     disk in that run: a one-record commit (a WAL flush) every 0.1 s took {probe.summary()}")
     return floor
 
 
