@@ -21,6 +21,10 @@
    open loop starts with ``--alert-warmup`` seconds of background calls at the same rate, not
    counted: on a broker started minutes before, the produce path at that rate is new and its JIT
    compilation takes a share of the two cores (the license-orders benchmark warms up likewise).
+   Then the durable floor: the worker stopped, as many bare processes as replicas read
+   ``usage.calls`` as its calls consumer does, write each batch by binary ``COPY`` and commit it
+   (bench/floor_pipeline.py, ``live``), under the same open loop: from a crossing call's intended
+   send to its batch's commit is what any design that commits the calls before it alerts needs.
 
 Targets: >= 25,000 events/s, >= 40 % of the raw consumer rate, alert p99 <= 100 ms.
 Run ``python -m bench.bench_usage_metering --help``; docs/benchmarks.md has the commands.
