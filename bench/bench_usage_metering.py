@@ -982,6 +982,16 @@ def report_summary(
         floor = f"; durable floor p99 {alerts['floor_p99_ms']:.1f} ms" if "floor_p99_ms" in alerts else ""
         say(f"   transport floor p99 {alerts['transport_p99_ms']:.1f} ms{floor} (no target)")
     say(f"   worker CPU during (b): {replicas_cpu(cpu_b, SERVICE):.0f} % of a core, {args.replicas} replica(s)")
+    if first.measured:  # each one's average share of a core over the sustained rate
+        per_event = {
+            "workers": replicas_cpu(cpu_b, SERVICE),
+            "PostgreSQL": cpu_b.get("postgres", (0.0, 0.0))[0],
+            "the broker": cpu_b.get("kafka", (0.0, 0.0))[0],
+        }
+        say(
+            "   CPU an event during (b): "
+            + ", ".join(f"{name} {1e4 * share / first.rate:.1f} µs" for name, share in per_event.items())
+        )
 
 
 # ---------------------------------------------------------------------------------------------- main
