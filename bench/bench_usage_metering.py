@@ -870,6 +870,7 @@ async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, process
             CALLS,
             json.dumps(list(range(share, USAGE_CALLS.partitions, processes))),
             "live",
+            str(MeteringSettings().calls_fetch_min_bytes),
             str(linger_ms),
             "crossing",
             stdin=asyncio.subprocess.PIPE,

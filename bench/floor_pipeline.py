@@ -27,8 +27,8 @@ Run as a child: ``python -m bench.floor_pipeline BOOTSTRAP TOPIC RANGES MODE`` w
 first and last batch times, CPU.
 
 The ``live`` mode is (d)'s durable floor: ``python -m bench.floor_pipeline BOOTSTRAP TOPIC
-PARTITIONS live LINGER_MS MARKER`` (PARTITIONS: a JSON list) reads its partitions from their end
-as the service's calls consumer does (fetches of at least its ``fetch_min_bytes`` or after
+PARTITIONS live MIN_BYTES LINGER_MS MARKER`` (PARTITIONS: a JSON list) reads its partitions from
+their end as the service's calls consumer does (a fetch returns with MIN_BYTES or after
 LINGER_MS), writes each batch as ``copy`` does and commits it; the offsets are committed every
 0.1 s beside it, as the service's are. It prints ``ready`` once its positions are resolved, runs
 until a line comes on stdin, then prints one JSON line: records, CPU, and for each call whose
@@ -74,17 +74,16 @@ FLOOR_CLAIM = (
 )
 CALLS = TypeAdapter(list[CallCharged])
 MODES = ("json", "contract", "copy", "live")
-LIVE_FETCH_MIN_BYTES = 256 * 1024  # usage metering's calls_fetch_min_bytes
 OFFSETS_EVERY_S = 0.1  # usage metering's offset_commit_interval_ms
 Row = tuple[str, str, Any, Any]
 
 
+def _row(call: dict[str, Any]) -> Row:
+    return call["account_id"], call["call_id"], call["cost"], call["occurred_at"][:8] + "01"
+
+
 def _rows_decoded(values: list[bytes]) -> list[Row]:
-    rows: list[Row] = []
-    for value in values:
-        call = json.loads(value)
-        rows.append((call["account_id"], call["call_id"], call["cost"], call["occurred_at"][:8] + "01"))
-    return rows
+    return [_row(json.loads(value)) for value in values]
 
 
 def _rows_validated(values: list[bytes]) -> list[Row]:
@@ -127,21 +126,30 @@ def _copier(conn: asyncpg.Connection) -> Callable[[list[Row]], Awaitable[None]]:
     return copy
 
 
-async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int, int]], mode: str) -> dict[str, float]:
-    rows_of = _rows_validated if mode == "contract" else _rows_decoded
+def _collect_like_a_worker() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(200_000, 20, 100)  # as a metering worker
-    conn = await asyncpg.connect(dsn)
-    write = _copier(conn) if mode == "copy" else _claimer(conn)
+
+
+async def _consumer(bootstrap: str, topic: str, **fetch: int) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         group_id=f"floor-{topic}",
-        fetch_min_bytes=256 * 1024,
+        **fetch,
         **kafka_options(STACK_PRINCIPAL),  # the harness's principal (bench/common.py kafka_security)
     )
     await consumer.start()
+    return consumer
+
+
+async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int, int]], mode: str) -> dict[str, float]:
+    rows_of = _rows_validated if mode == "contract" else _rows_decoded
+    _collect_like_a_worker()
+    conn = await asyncpg.connect(dsn)
+    write = _copier(conn) if mode == "copy" else _claimer(conn)
+    consumer = await _consumer(bootstrap, topic, fetch_min_bytes=256 * 1024)
     try:
         ends = {TopicPartition(topic, p): end for p, (_, end) in ranges.items()}
         consumer.assign(list(ends))
@@ -174,24 +182,16 @@ async def run(dsn: str, bootstrap: str, topic: str, ranges: dict[int, tuple[int,
 
 
 async def run_live(
-    dsn: str, bootstrap: str, topic: str, partitions: list[int], linger_ms: int, marker: str
+    dsn: str, bootstrap: str, topic: str, partitions: list[int], fetch: tuple[int, int], marker: str
 ) -> dict[str, Any]:
     """(d)'s durable floor: read from the end, each batch by ``COPY`` and committed, until stdin
-    gives a line; the commit time of each call marked ``marker``."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(200_000, 20, 100)  # as a metering worker
+    gives a line; the commit time of each call marked ``marker``. ``fetch``: the calls consumer's
+    (fetch_min_bytes, linger in ms)."""
+    fetch_min_bytes, linger_ms = fetch
+    _collect_like_a_worker()
     conn = await asyncpg.connect(dsn)
     write = _copier(conn)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=f"floor-{topic}",
-        fetch_min_bytes=LIVE_FETCH_MIN_BYTES,
-        fetch_max_wait_ms=linger_ms,
-        **kafka_options(STACK_PRINCIPAL),
-    )
-    await consumer.start()
+    consumer = await _consumer(bootstrap, topic, fetch_min_bytes=fetch_min_bytes, fetch_max_wait_ms=linger_ms)
     loop = asyncio.get_running_loop()
     stop = loop.run_in_executor(None, sys.stdin.readline)
     offsets: dict[TopicPartition, int] = {}
@@ -222,7 +222,7 @@ async def run_live(
             for tp, records in fetched.items():
                 for record in records:
                     call = json.loads(record.value)
-                    rows.append((call["account_id"], call["call_id"], call["cost"], call["occurred_at"][:8] + "01"))
+                    rows.append(_row(call))
                     if call["call_id"] == marker:
                         marked.append(call["message_id"])
                 offsets[tp] = records[-1].offset + 1
@@ -244,8 +244,8 @@ def main() -> None:
     if mode not in MODES:
         raise SystemExit(f"mode must be one of {MODES}, not {mode!r}")
     if mode == "live":
-        linger_ms, marker = int(sys.argv[5]), sys.argv[6]
-        print(json.dumps(asyncio.run(run_live(dsn, bootstrap, topic, json.loads(ranges), linger_ms, marker))))
+        fetch, marker = (int(sys.argv[5]), int(sys.argv[6])), sys.argv[7]
+        print(json.dumps(asyncio.run(run_live(dsn, bootstrap, topic, json.loads(ranges), fetch, marker))))
         return
     parsed = {int(p): (int(se[0]), int(se[1])) for p, se in json.loads(ranges).items()}
     print(json.dumps(asyncio.run(run(dsn, bootstrap, topic, parsed, mode))), flush=True)
