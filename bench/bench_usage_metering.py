@@ -275,6 +275,16 @@ async def raw_insert_rate(stack: Stack, fill: Fill, batch: int = 5000) -> tuple[
         await conn.close()
 
 
+async def empty_floor_table(stack: Stack) -> None:
+    """The floor pipelines' table, made if need be, empty (in ``bench_raw``, made by raw_insert_rate)."""
+    conn = await connect(stack, "bench_raw")
+    try:
+        await conn.execute(floor_pipeline.CREATE_TABLE)
+        await conn.execute(f"truncate {floor_pipeline.TABLE}")
+    finally:
+        await conn.close()
+
+
 async def floor_rate(
     stack: Stack,
     starts: dict[TopicPartition, int],
@@ -286,12 +296,7 @@ async def floor_rate(
     """(records, seconds, process CPU seconds) for ``processes`` bare processes reading the range
     and recording the calls, nothing else (bench/floor_pipeline.py; ``mode``: ``json`` or
     ``contract`` with metering's deduplicating insert, ``copy`` by binary ``COPY``)."""
-    conn = await connect(stack, "bench_raw")  # created by raw_insert_rate
-    try:
-        await conn.execute(floor_pipeline.CREATE_TABLE)
-        await conn.execute(f"truncate {floor_pipeline.TABLE}")
-    finally:
-        await conn.close()
+    await empty_floor_table(stack)
     partitions = sorted(ends, key=lambda tp: tp.partition)
     children = []
     for share in range(processes):
@@ -739,6 +744,15 @@ class AlertRun:
     drained: float = 0.0
 
 
+def crossing_of(
+    record: ConsumerRecord[Any, Any], armed_keys: set[bytes], intended: dict[str, tuple[float, int]]
+) -> tuple[float, int] | None:
+    """A call record's intended send time and threshold, if it is one of the schedule's crossing calls."""
+    if record.key not in armed_keys:
+        return None
+    return intended.get(json.loads(record.value)["message_id"])
+
+
 async def run_alert_loop(bench: Bench, plan: AlertPlan, schedule: Schedule, timeout: float) -> AlertRun:
     """Send the schedule open loop (the warm-up first, not counted), with the backlog monitor and the
     commit probe beside the measured part, until every crossing's alert arrived and the worker
@@ -751,10 +765,9 @@ async def run_alert_loop(bench: Bench, plan: AlertPlan, schedule: Schedule, time
 
     def on_record(arrival: float, record: ConsumerRecord[Any, Any]) -> None:
         if record.topic == CALLS:  # the crossing call itself reaching a bare consumer: the transport floor
-            if record.key in armed_keys:
-                cause = intended.get(json.loads(record.value)["message_id"])
-                if cause is not None:
-                    run.transport.append(arrival - (start_box[0] + cause[0]))
+            cause = crossing_of(record, armed_keys, intended)
+            if cause is not None:
+                run.transport.append(arrival - (start_box[0] + cause[0]))
             return
         body = json.loads(record.value)
         if body.get("type") != "CallingCreditThresholdReached":
@@ -855,12 +868,7 @@ async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, process
     cheapest durable pipeline takes at this rate on this machine, from a crossing call's intended
     send to the commit of its batch; the service's alert also needs its relay and the broker after."""
     items, intended = schedule
-    conn = await connect(bench.stack, "bench_raw")
-    try:
-        await conn.execute(floor_pipeline.CREATE_TABLE)
-        await conn.execute(f"truncate {floor_pipeline.TABLE}")
-    finally:
-        await conn.close()
+    await empty_floor_table(bench.stack)
     children = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -890,10 +898,9 @@ async def alert_floor(bench: Bench, plan: AlertPlan, schedule: Schedule, process
         armed_keys = {a.encode() for a in plan.armed_ids}
 
         def on_record(arrival: float, record: ConsumerRecord[Any, Any]) -> None:
-            if record.key in armed_keys:  # the same bare reader of partition 0 as in the service's run
-                cause = intended.get(json.loads(record.value)["message_id"])
-                if cause is not None:
-                    transport.append(arrival - (start_box[0] + cause[0]))
+            cause = crossing_of(record, armed_keys, intended)  # the same reader as in the service's run
+            if cause is not None:
+                transport.append(arrival - (start_box[0] + cause[0]))
 
         reader = Reader(bench.stack, [TopicPartition(CALLS, 0)], on_record)
         await reader.start()
