@@ -60,6 +60,7 @@ from bench.common import (
     OpenLoopResult,
     Reader,
     Stack,
+    StatementTimes,
     Workers,
     account_opened_json,
     add_stack_arguments,
@@ -555,7 +556,10 @@ async def measure_service(
 ) -> tuple[Drain, dict[str, tuple[float, float]], Books, bool]:
     """(b) The worker from the start of the range to the end; the accrual checked against the calls."""
     await reset_calls_offsets(bench.stack, starts)
+    statements = StatementTimes(bench.stack, "usage_metering")
+    await statements.start()
     first, cpu = await drain(bench, args.replicas, starts, ends, args.timeout, "(b)")
+    await statements.stop()
     books = await accrual(bench.stack, bench.prefix)
     meters, billable, over_cap, calls = books
     say(
@@ -570,6 +574,7 @@ async def measure_service(
         f"    accrual: {meters:,} meters, billable {billable}, over_cap {over_cap}, calls {calls:,}; "
         f"expected billable+over_cap {expected} and {unique:,} calls: {'OK' if ok else 'MISMATCH'}"
     )
+    say(f"    PostgreSQL's time an event in (b), by statement: {statements.summary(first.events)}")
     return first, cpu, books, ok
 
 
@@ -741,6 +746,7 @@ class AlertRun:
     sent: OpenLoopResult | None = None
     backlog: BacklogMonitor | None = None
     probe: CommitProbe | None = None
+    statements: StatementTimes | None = None
     drained: float = 0.0
 
 
@@ -783,6 +789,8 @@ async def run_alert_loop(bench: Bench, plan: AlertPlan, schedule: Schedule, time
     await reader.start()
     latency_producer = producer(bench.stack, linger_ms=0)  # the open loop batches every GENERATOR_LINGER_S
     await latency_producer.start()
+    run.statements = StatementTimes(bench.stack, "usage_metering")
+    await run.statements.start()
     try:
         async with Admin(bench.stack) as admin:
             sending = asyncio.create_task(open_loop(latency_producer, items, start_box, batch_every=GENERATOR_LINGER_S))
@@ -809,6 +817,7 @@ async def run_alert_loop(bench: Bench, plan: AlertPlan, schedule: Schedule, time
 
             await wait_for(caught_up, timeout, "(d) the worker to commit the phase's calls", interval=0.1)
         run.drained = now() - sent_done
+        await run.statements.stop()
     finally:
         await latency_producer.stop()
         await reader.stop()
@@ -830,6 +839,8 @@ def report_alerts(plan: AlertPlan, run: AlertRun) -> dict[str, Any]:
     say(f"   alert latency (crossing call intended send -> alert arrival): {latency_line(run.latencies)}")
     say(f"     of which to the alert's send (its CreateTime, set by the sending producer): {latency_line(run.relayed)}")
     say(f"   disk: a one-record commit (a WAL flush) every 0.1 s took {run.probe.summary()}")
+    if run.statements is not None:
+        say(f"   PostgreSQL's time a call, warm-up included, by statement: {run.statements.summary(run.sent.sent)}")
     say(f"   alerts by threshold: {dict(sorted(run.by_threshold.items()))} of {armed} crossings")
     return {
         "p99_ms": p99_ms(run.latencies),

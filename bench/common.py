@@ -959,6 +959,68 @@ class CommitProbe:
         return f"{latency_line(self.samples)}; {slow} took {1000 * slow_s:.0f} ms or more"
 
 
+class StatementTimes:
+    """PostgreSQL's execution time by statement in one database over a phase, from
+    ``pg_stat_statements`` (the stack preloads it, deploy/stack.sh; read in the ``postgres``
+    database as the stack's superuser). A ``COPY``'s time includes its wait for the client's rows.
+    Where it cannot be read (another PostgreSQL, or one started before the stack preloaded it),
+    ``summary`` says why and nothing is measured."""
+
+    QUERY = (
+        "select s.query, s.calls, s.total_exec_time from pg_stat_statements s "
+        "join pg_database d on d.oid = s.dbid where d.datname = $1"
+    )
+
+    def __init__(self, stack: Stack, database: str) -> None:
+        self.stack = stack
+        self.database = database
+        self.missing = ""
+        self._before: dict[str, tuple[int, float]] = {}
+        self.spent: dict[str, tuple[int, float]] = {}  # statement -> (executions, ms) in the phase
+
+    async def _read(self) -> dict[str, tuple[int, float]]:
+        conn = await connect(self.stack, "postgres")
+        try:
+            rows = await conn.fetch(self.QUERY, self.database)
+        finally:
+            await conn.close()
+        totals: dict[str, tuple[int, float]] = {}
+        for query, calls, ms in rows:  # one text can be several entries (per role, per top level)
+            known = totals.get(query, (0, 0.0))
+            totals[query] = (known[0] + calls, known[1] + ms)
+        return totals
+
+    async def start(self) -> None:
+        try:
+            self._before = await self._read()
+        except (asyncpg.PostgresError, OSError) as exc:
+            self.missing = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    async def stop(self) -> None:
+        if self.missing:
+            return
+        after = await self._read()
+        self.spent = {}
+        for query, (calls, ms) in after.items():
+            before = self._before.get(query, (0, 0.0))
+            if calls > before[0]:
+                self.spent[query] = (calls - before[0], ms - before[1])
+
+    def summary(self, events: int, top: int = 5) -> str:
+        """Each of the ``top`` costliest statements' time an event, then all of them."""
+        if self.missing:
+            return f"not measured (pg_stat_statements: {self.missing})"
+        ranked = sorted(self.spent.items(), key=lambda item: -item[1][1])
+        total = sum(ms for _, ms in self.spent.values())
+        parts = [f"{1000 * ms / events:.2f} µs {_short(query)} (x{calls:,})" for query, (calls, ms) in ranked[:top]]
+        return f"{'; '.join(parts)}; all {len(ranked)} statements {1000 * total / events:.2f} µs an event"
+
+
+def _short(query: str, width: int = 60) -> str:
+    text = " ".join(query.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 # ----------------------------------------------------------------------------------------- PostgreSQL
 
 

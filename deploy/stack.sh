@@ -533,6 +533,9 @@ shared_buffers = 256MB
 max_wal_size = 4GB
 checkpoint_timeout = 15min
 wal_compression = lz4
+# Each statement's totals, which the benchmarks read in the postgres database (bench/common.py,
+# StatementTimes). Loaded at start only: a server started before this line has them after a restart.
+shared_preload_libraries = 'pg_stat_statements'
 EOF
     # Passwords for everyone: the superuser for the stack's own set-up, each service's role for its
     # own database only (TCP and the Unix socket alike). Nothing is trusted.
@@ -589,6 +592,7 @@ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '${db}')
 REVOKE ALL ON DATABASE ${db} FROM PUBLIC;
 SQL
         done
+        echo "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"  # in postgres only, not a service's database
     } | pg_psql "$bin" "$port" >/dev/null
 }
 
