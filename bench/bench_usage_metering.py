@@ -26,6 +26,8 @@
    (bench/floor_pipeline.py, ``live``), under the same open loop: from a crossing call's intended
    send to its batch's commit is what any design that commits the calls before it alerts needs.
 
+(b) and (d) also print PostgreSQL's execution time an event by statement (``StatementTimes``).
+
 Targets: >= 25,000 events/s, >= 40 % of the raw consumer rate, alert p99 <= 100 ms.
 Run ``python -m bench.bench_usage_metering --help``; docs/benchmarks.md has the commands.
 """
