@@ -592,7 +592,8 @@ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '${db}')
 REVOKE ALL ON DATABASE ${db} FROM PUBLIC;
 SQL
         done
-        echo "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"  # in postgres only, not a service's database
+        # In postgres only, not a service's database; no NOTICE when it is there already.
+        echo "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
     } | pg_psql "$bin" "$port" >/dev/null
 }
 
