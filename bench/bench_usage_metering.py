@@ -1003,16 +1003,19 @@ def report_summary(
         floor = f"; durable floor p99 {alerts['floor_p99_ms']:.1f} ms" if "floor_p99_ms" in alerts else ""
         say(f"   transport floor p99 {alerts['transport_p99_ms']:.1f} ms{floor} (no target)")
     say(f"   worker CPU during (b): {replicas_cpu(cpu_b, SERVICE):.0f} % of a core, {args.replicas} replica(s)")
-    if first.measured:  # each one's average share of a core over the sustained rate
-        per_event = {
-            "workers": replicas_cpu(cpu_b, SERVICE),
-            "PostgreSQL": cpu_b.get("postgres", (0.0, 0.0))[0],
-            "the broker": cpu_b.get("kafka", (0.0, 0.0))[0],
-        }
-        say(
-            "   CPU an event during (b): "
-            + ", ".join(f"{name} {1e4 * share / first.rate:.1f} µs" for name, share in per_event.items())
-        )
+    if first.measured:
+        say(f"   CPU an event during (b): {cpu_an_event(cpu_b, first.rate)}")
+
+
+def cpu_an_event(cpu: dict[str, tuple[float, float]], rate: float) -> str:
+    """The workers', PostgreSQL's and the broker's CPU an event: each one's average share of a
+    core during a phase over the phase's rate."""
+    shares = {
+        "workers": replicas_cpu(cpu, SERVICE),
+        "PostgreSQL": cpu.get("postgres", (0.0, 0.0))[0],
+        "the broker": cpu.get("kafka", (0.0, 0.0))[0],
+    }
+    return ", ".join(f"{name} {1e4 * share / rate:.1f} µs" for name, share in shares.items())
 
 
 # ---------------------------------------------------------------------------------------------- main

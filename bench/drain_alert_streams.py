@@ -29,7 +29,6 @@ from bench.common import (
     open_loop,
     produce_batched,
     producer,
-    replicas_cpu,
     run_main,
     say,
 )
@@ -80,16 +79,13 @@ async def drain_stream(
     await metering.reset_calls_offsets(bench.stack, starts)
     drained, cpu = await metering.drain(bench, args.replicas, starts, ends, args.timeout, f"[{name}]")
     metering.stop_metering(bench.workers, args.replicas)
-    shares = {
-        "workers": replicas_cpu(cpu, metering.SERVICE),
-        "PostgreSQL": cpu.get("postgres", (0.0, 0.0))[0],
-        "the broker": cpu.get("kafka", (0.0, 0.0))[0],
-    }
     how = "produced in big batches" if batched else f"sent open loop at {args.rate:,}/s"
-    say(
-        f"[{name}] {how}, {len(plan.background_ids):,} background accounts: {drained.describe()}; CPU a call: "
-        + ", ".join(f"{who} {1e4 * share / drained.rate:.1f} µs" for who, share in shares.items())
+    cost = (
+        metering.cpu_an_event(cpu, drained.rate)
+        if drained.measured
+        else "NOT MEASURED, most of the stream was done before the group was formed (more --rate or --seconds)"
     )
+    say(f"[{name}] {how}, {len(plan.background_ids):,} background accounts: {drained.describe()}; CPU a call: {cost}")
 
 
 async def main() -> int:
