@@ -75,6 +75,9 @@ meter_snapshots = sa.Table(
     postgresql_with={"fillfactor": 70},  # room on each page for in-place (HOT) updates of the snapshots
 )
 MICRO_COMMENT = "micro-dollars (1 = 0.000001 USD)"
+# The ledger's keys compare byte by byte, cheaper for the index entry every call takes than the
+# database's collation (migration 0013); equality is the same.
+BYTEWISE = sa.Text(collation="C")
 # The calls ledger: each call with what the fold decided for it, so a meter is its snapshot plus its
 # calls after it; its amounts in integer micro-dollars (migration 0011: cheaper to COPY than numerics),
 # made USD again by the view ``meters``. Partitioned by the month its cycles start in (``partitions.py``): old months
@@ -82,7 +85,7 @@ MICRO_COMMENT = "micro-dollars (1 = 0.000001 USD)"
 calls = sa.Table(
     "calls",
     metadata,
-    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("account_id", BYTEWISE, primary_key=True),
     sa.Column("call_id", sa.Text, nullable=False),
     sa.Column("cost", sa.BigInteger, nullable=False, comment=MICRO_COMMENT),
     sa.Column("cycle_start", sa.Date, primary_key=True),
@@ -101,8 +104,8 @@ calls = sa.Table(
 call_ids = sa.Table(
     "call_ids",
     metadata,
-    sa.Column("account_id", sa.Text, primary_key=True),
-    sa.Column("call_id", sa.Text, primary_key=True),
+    sa.Column("account_id", BYTEWISE, primary_key=True),
+    sa.Column("call_id", BYTEWISE, primary_key=True),
     sa.Column(
         "cycle_start", sa.Date, nullable=False, comment="the cycle the call was charged in (where its calls row is)"
     ),

@@ -190,3 +190,85 @@ async def test_the_calls_amounts_in_micro_dollars_leave_every_meter_as_it_was_bo
     )
     await migrate(scratch_database, "usage_metering", "0010", down=True)
     assert await state() == (meters, calls)
+
+
+def _collations(engine_connection: sa.Connection) -> dict[tuple[str, str], str | None]:
+    rows = engine_connection.execute(
+        sa.text(
+            "select table_name, column_name, collation_name from information_schema.columns "
+            "where table_schema = 'public' and data_type = 'text'"
+        )
+    )
+    return {(table, column): collation for table, column, collation in rows}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_each_text_column_has_the_collation_its_model_declares(
+    scratch_database: AsyncEngine, service: str
+) -> None:
+    """Alembic's comparison does not look at collations: a column declared ``collate "C"`` (usage
+    metering's ledger keys, revision 0013) is so in the database, and every other one has the
+    database's own."""
+    metadata = importlib.import_module(f"services.{service}.storage").metadata
+    await migrate(scratch_database, service, "head")
+    async with scratch_database.connect() as conn:
+        found = await conn.run_sync(_collations)
+    declared = {
+        (table.name, column.name): getattr(column.type, "collation", None)
+        for table in metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, sa.Text)
+    }
+    assert {key: found.get(key) for key in declared} == declared
+
+
+async def test_the_ledger_keys_compared_bytewise_find_every_call_and_meter_both_ways(
+    scratch_database: AsyncEngine,
+) -> None:
+    """Usage metering's revision 0013 makes the ledger's keys ``collate "C"``: the calls path's
+    lookups by text of the database's collation still find each call by its key (no scan), a
+    month's partition made afterwards has the same collation (so it attaches), and the meters are
+    the same both ways."""
+    from services.usage_metering import partitions, storage
+
+    await migrate(scratch_database, "usage_metering", "0012")
+    nov = "date '2026-11-01'"
+    async with scratch_database.begin() as conn:
+        for statement in (
+            "insert into accounts values ('acme', 1, 250.00, date '2026-11-01', date '2026-12-01', 0)",
+            f"insert into meter_snapshots values ('acme', {nov}, date '2026-12-01', 250.00, 1.00, 0, 0, false, 0, 1)",
+            f"insert into calls values ('acme', 'c1', 2000000, {nov}, 2, 2000000, 0), "
+            f"('acme', 'Ç2', 500000, {nov}, 3, 500000, 0)",
+            f"insert into call_ids values ('acme', 'c1', {nov}), ('acme', 'Ç2', {nov})",
+        ):
+            await conn.execute(sa.text(statement))
+
+    async def state() -> tuple[list[Any], list[Any]]:
+        await scratch_database.dispose()
+        async with scratch_database.connect() as conn:
+            meters = await conn.execute(sa.text("select billable::text, through_seq from meters"))
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            keys = storage._json([("acme", "c1"), ("acme", "Ç2"), ("acme", "c3")])
+            found = await raw.fetch(storage.RECORDED_CALLS, keys)
+            return [tuple(r) for r in meters], sorted(tuple(r) for r in found)
+
+    before = await state()
+    assert before == ([("3.500000", 3)], [("acme", "c1"), ("acme", "Ç2")])
+    await migrate(scratch_database, "usage_metering", "head")
+    assert await state() == before
+    async with scratch_database.connect() as conn:
+        collations = await conn.run_sync(_collations)
+        assert collations[("call_ids", "call_id")] == collations[("calls", "account_id")] == "C"
+        await conn.execute(sa.text("set enable_seqscan = off"))  # a table of two rows: the key only if it can
+        plan = "\n".join(
+            row[0] for row in await conn.execute(sa.text("explain " + storage.RECORDED_CALLS.replace("$1", "'[]'")))
+        )
+        assert "call_ids_pkey" in plan and "Seq Scan" not in plan, plan
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        made = await partitions.ensure_partitions(raw, date(2026, 11, 15))
+        assert made, "the coming months' partitions are made and attached"
+        collations = await conn.run_sync(_collations)
+        assert {collations[(name, "account_id")] for name in made} == {"C"}
+    await migrate(scratch_database, "usage_metering", "0012", down=True)
+    assert await state() == before
