@@ -397,6 +397,9 @@ async def test_a_meter_rebuilt_from_its_snapshot_and_its_calls_after_it_is_the_m
     assert rebuilt == expected
 
 
+ACCOUNTS_IN_FULL_BATCH = 40  # a full batch's calls spread over them
+
+
 async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_collector(stack: Bus, dbs) -> None:
     """A batch's objects are freed by reference counting when it ends; a collector pass in the
     middle of it would only walk them (20-30 ms each, finding nothing) while the batch holds its
@@ -413,7 +416,7 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
     from shared.runtime.codec import Record
 
     settings = Settings()
-    accounts = [await open_account(stack) for _ in range(10)]
+    accounts = [await open_account(stack) for _ in range(ACCOUNTS_IN_FULL_BATCH)]
     processor = BatchProcessor(
         "usage-metering", make_sessions(dbs["usage_metering"]), handlers.registry, store=MeterStore, settings=settings
     )
@@ -425,7 +428,8 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
         ]
 
     await processor.process(records([call(a, "0.01") for a in accounts]))  # connections and statements ready
-    costs = [f"0.{i % 90 + 10:02d}" for i in range(settings.batch_max_records)]
+    # 0.10-0.49 USD: each account's share of the batch stays under its cap (no call over it)
+    costs = [f"0.{i % 40 + 10:02d}" for i in range(settings.batch_max_records)]
     passes: list[int] = []
 
     def count(phase: str, info: dict[str, int]) -> None:
@@ -437,12 +441,14 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
     gc.set_threshold(settings.gc_young_threshold // 2, thresholds[1], thresholds[2])
     gc.callbacks.append(count)
     try:
-        await processor.process(records([call(accounts[i % 10], cost) for i, cost in enumerate(costs)]))
+        await processor.process(
+            records([call(accounts[i % ACCOUNTS_IN_FULL_BATCH], cost) for i, cost in enumerate(costs)])
+        )
     finally:
         gc.callbacks.remove(count)
         gc.set_threshold(*thresholds)
     assert passes == []
-    assert await accrued(dbs, accounts[0]) == Decimal("0.01") + sum(Decimal(c) for c in costs[::10])
+    assert await accrued(dbs, accounts[0]) == Decimal("0.01") + sum(Decimal(c) for c in costs[::ACCOUNTS_IN_FULL_BATCH])
 
 
 def _metering(recent_calls: int):
