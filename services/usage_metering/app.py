@@ -35,6 +35,8 @@ def create_worker(settings: Settings | None = None) -> WorkerParts:
             Subscription(
                 (USAGE_CALLS.name,),
                 max_records=settings.batch_max_records,
+                catch_up_max_records=settings.calls_catch_up_batch_max_records,
+                catch_up_lag=settings.calls_catch_up_lag,
                 linger_ms=settings.calls_linger_ms,
                 fetch_min_bytes=settings.calls_fetch_min_bytes,
                 consumers=settings.calls_consumers,

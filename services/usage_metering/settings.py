@@ -23,11 +23,13 @@ class Settings(ServiceSettings):
             "billing_usage_metering_database_password", "billing_database_password", "database_password"
         ),
     )
-    # A backlog is taken up to 10,000 calls a batch: each of the calls' COPYs is then sorted over
-    # twice as many calls, whose key entries land closer together, and PostgreSQL's CPU a call falls
-    # by about a sixth (docs/architecture.md, Decisions). A batch is as big as what is there, so
-    # under a light load batches stay small.
-    batch_max_records: int = 10_000
+    batch_max_records: int = 5000
+    # With more than calls_catch_up_lag calls waiting on a consumer's partitions, its batches take up
+    # to calls_catch_up_batch_max_records: each sorted COPY over more calls costs PostgreSQL less a
+    # call, but a bigger batch makes the calls behind it wait longer, so only a backlog gets them
+    # (worker.CatchUpSize; docs/architecture.md, Decisions).
+    calls_catch_up_batch_max_records: int = Field(default=20_000, ge=1)
+    calls_catch_up_lag: int = Field(default=100_000, ge=0)
     # usage.calls: a fetch returns once this much is there (~1,000 calls) or after calls_linger_ms,
     # so at moderate rates a batch holds more than a handful of calls (fewer transactions).
     calls_fetch_min_bytes: int = Field(default=256 * 1024, ge=1)
@@ -35,10 +37,10 @@ class Settings(ServiceSettings):
     # One consumer of usage.calls per process: its batches are twice as full as with two, and a
     # batch's cost is mostly fixed (docs/architecture.md, Decisions).
     calls_consumers: int = Field(default=1, ge=1)
-    # While a full batch of 10,000 calls is fetched and handled, a worker allocates more than 200,000
-    # container objects beyond those it frees; all are freed by reference counting when the batch
+    # While a full batch of 20,000 calls (a backlog's) is fetched and handled, a worker allocates more
+    # than 400,000 container objects beyond those it frees; all are freed by reference counting when the batch
     # ends, so a young collection in between only walks them (docs/architecture.md, Decisions).
-    gc_young_threshold: int = Field(default=400_000, ge=0)
+    gc_young_threshold: int = Field(default=800_000, ge=0)
     # Call ids this process committed lately, kept to drop repeat reports before the calls' COPY
     # (storage.RecentCalls: at least the latest half of this many, at most this many plus a batch);
     # a repeat older than that still meets the call_ids key. 0: keep none.

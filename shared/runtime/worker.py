@@ -49,6 +49,10 @@ class Subscription:
     linger_ms: int | None = None
     fetch_min_bytes: int = 1
     consumers: int | None = None  # in this process; None: settings.consumers_per_subscription
+    # With more than ``catch_up_lag`` records waiting on a consumer's partitions, its batches take
+    # up to ``catch_up_max_records`` instead (``CatchUpSize``); None: always ``max_records``.
+    catch_up_max_records: int | None = None
+    catch_up_lag: int = 0
     # Told when the group's rebalance revokes or assigns partitions (aiokafka's ConsumerRebalanceListener).
     listener: Any = None
 
@@ -123,7 +127,33 @@ def tune_garbage_collector(young_threshold: int) -> None:
         gc.callbacks.append(_log_long_collections)
 
 
-def _consumer(processor: BatchProcessor, committer: OffsetCommitter, timer: metrics.BatchTimer | None) -> Any:
+class CatchUpSize:
+    """A subscriber's batch size from the records waiting on its consumer's partitions after each
+    batch (the highwater the last fetch saw less the next offset to process): at most ``live``
+    while ``lag`` or fewer wait, up to ``catch_up`` beyond. A bigger batch costs less a record
+    (usage metering's sorted ``COPY``s, docs/architecture.md, Decisions) but takes longer, and a
+    record that arrives behind it waits that out: so a consumer close behind takes small batches
+    and one with a backlog big ones. FastStream's batch subscriber reads ``max_records`` at each
+    fetch."""
+
+    def __init__(self, subscriber: Any, live: int, catch_up: int, lag: int) -> None:
+        self.subscriber, self.live, self.catch_up, self.lag = subscriber, live, catch_up, lag
+
+    def after_batch(self, consumer: Any, positions: dict[Any, int]) -> None:
+        waiting = 0
+        for tp in consumer.assignment():
+            highwater, position = consumer.highwater(tp), positions.get(tp)
+            if highwater is not None and position is not None:
+                waiting += highwater - position
+        self.subscriber.max_records = self.catch_up if waiting > self.lag else self.live
+
+
+def _consumer(
+    processor: BatchProcessor,
+    committer: OffsetCommitter,
+    timer: metrics.BatchTimer | None,
+    size: CatchUpSize | None = None,
+) -> Any:
     """The subscriber's handler: process the batch, then hand its offsets to the committer."""
 
     async def consume(decoded: Any) -> None:  # Any: FastStream documents the payload from this annotation
@@ -135,6 +165,8 @@ def _consumer(processor: BatchProcessor, committer: OffsetCommitter, timer: metr
             rewind(batch.consumer, batch.records)  # fetched again, never passed over by a later commit
             raise
         committer.processed(batch.consumer, batch.records)
+        if size is not None:
+            size.after_batch(batch.consumer, committer.positions)
         if timer is not None:
             timer.observe(len(batch.records), started)
 
@@ -235,7 +267,11 @@ def build_worker(
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,
             )
-            subscriber(_consumer(processor, committer, timer))
+            live = subscription.max_records or settings.batch_max_records
+            size = None
+            if subscription.catch_up_max_records:
+                size = CatchUpSize(subscriber, live, subscription.catch_up_max_records, subscription.catch_up_lag)
+            subscriber(_consumer(processor, committer, timer, size))
             probes.watch(subscription.topics, subscriber, committer)
 
     dead_letters_of = {t.dlq: t for t in BY_NAME.values()}

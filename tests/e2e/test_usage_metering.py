@@ -429,7 +429,7 @@ async def test_a_full_batch_of_calls_is_handled_without_a_pass_of_the_garbage_co
 
     await processor.process(records([call(a, "0.01") for a in accounts]))  # connections and statements ready
     # 0.10-0.49 USD: each account's share of the batch stays under its cap (no call over it)
-    costs = [f"0.{i % 40 + 10:02d}" for i in range(settings.batch_max_records)]
+    costs = [f"0.{i % 40 + 10:02d}" for i in range(settings.calls_catch_up_batch_max_records)]  # the biggest
     passes: list[int] = []
 
     def count(phase: str, info: dict[str, int]) -> None:
