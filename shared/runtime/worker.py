@@ -250,6 +250,7 @@ def build_worker(
         # PostgreSQL, another processes its batch (each partition still has one consumer, in order).
         for index in range(subscription.consumers or settings.consumers_per_subscription):
             committer = OffsetCommitter(service, settings.offset_commit_interval_ms / 1000)
+            live = subscription.max_records or settings.batch_max_records
             committers.append(committer)
             subscriber = broker.subscriber(
                 *subscription.topics,
@@ -257,7 +258,7 @@ def build_worker(
                 group_id=service,
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,  # offsets are committed by the OffsetCommitter, after the transaction
-                max_records=subscription.max_records or settings.batch_max_records,
+                max_records=live,
                 batch_timeout_ms=settings.batch_timeout_ms,
                 fetch_max_wait_ms=subscription.linger_ms or settings.fetch_max_wait_ms,
                 fetch_min_bytes=subscription.fetch_min_bytes,
@@ -267,7 +268,6 @@ def build_worker(
                 description="; ".join(BY_NAME[t].description for t in subscription.topics),
                 include_in_schema=index == 0,
             )
-            live = subscription.max_records or settings.batch_max_records
             size = None
             if subscription.catch_up_max_records:
                 size = CatchUpSize(subscriber, live, subscription.catch_up_max_records, subscription.catch_up_lag)
